@@ -1,0 +1,77 @@
+"""Counters shared by the cores and exported as metrics.
+
+Every dropped packet is counted under a named reason; the names below are the
+metric labels and the vocabulary of the logs.  Cores increment plain ints and
+dict entries (cheap on the hot path); the IO side reads them.
+"""
+
+from __future__ import annotations
+
+DROP_REASONS: dict[str, str] = {
+    # from UDP (the 6bed4 side)
+    "too_short": "datagram shorter than an IPv6 header",
+    "not_ipv6": "first nibble is not 6",
+    "too_long": "datagram longer than the 1280-byte link MTU",
+    "bad_length": "IPv6 payload length does not match the datagram",
+    "nd_bad_hoplimit": "Neighbor Discovery with hop limit other than 255",
+    "nd_bad_checksum": "Neighbor Discovery with a bad ICMPv6 checksum",
+    "nd_malformed": "Neighbor Discovery message too short, bad code or bad options",
+    "nd_unexpected": "RA, NA or Redirect sent to the router",
+    "ns_not_for_router": "Neighbor Solicitation for a target that is not the router",
+    "ns_bad_source": "Neighbor Solicitation from a source that does not match its UDP origin",
+    "bad_endpoint": "UDP source that no reply may be sent to (port 0, 0.0.0.0, multicast, ...)",
+    "bad_source": "inner IPv6 source does not match the outer IPv4:port",
+    "multicast": "multicast IPv6 destination",
+    "hop_limit": "relay with hop limit 1 or 0",
+    "relay_forbidden": "relay to a forbidden IPv4 destination (0/8, 127/8, multicast, broadcast) or port 0",
+    "no_service": "packet for the router itself that no service or masquerading rule takes",
+    "truncated": "transport header cut short",
+    "rate_limited": "reply suppressed by a rate limit",
+    # from the TUN device (the native side)
+    "tun_not_ipv6": "TUN packet that is not IPv6 or too short",
+    "tun_too_long": "TUN packet longer than 1280 bytes",
+    "tun_nd": "Neighbor Discovery from the kernel (6bed4 does ND itself)",
+    "tun_multicast": "multicast destination from the kernel",
+    "tun_not_ours": "destination outside the served prefix",
+    "tun_port0": "destination with port 0 (the host's own addresses)",
+    "tun_forbidden": "destination encodes a forbidden IPv4 address",
+    "tun_to_self": "destination is the router's own address",
+    # IO
+    "send_error": "the kernel refused to send (buffer full, unreachable)",
+}
+
+
+class Counters:
+    """Packet counters of one daemon: named events plus drops by reason."""
+
+    EVENTS = (
+        "udp_in",
+        "udp_in_bytes",
+        "tun_in",
+        "tun_in_bytes",
+        "to_tun",
+        "to_udp",
+        "relayed",
+        "keepalives",
+        "rs_received",
+        "ra_sent",
+        "corrective_ra_sent",
+        "ns_received",
+        "na_sent",
+        "echo_replies",
+        "icmp_errors_sent",
+        "masqueraded",
+    )
+
+    def __init__(self) -> None:
+        for name in self.EVENTS:
+            setattr(self, name, 0)
+        self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+
+    def drop(self, reason: str) -> None:
+        self.drops[reason] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        values = {name: getattr(self, name) for name in self.EVENTS}
+        values.update({f"drop_{reason}": count for reason, count in self.drops.items()})
+        return values

@@ -1,0 +1,123 @@
+"""Link, address, route and sysctl changes, through pyroute2 and /proc/sys.
+
+`InterfaceSetup` records every change it makes so that `undo()` removes exactly
+those, in reverse order: what the daemon added goes away on exit, what was
+there before stays.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = logging.getLogger(__name__)
+
+AF_INET6 = 10
+IFA_F_NODAD = 0x02
+IFA_F_NOPREFIXROUTE = 0x200
+SYSCTL_ROOT = Path("/proc/sys")
+
+
+class NetlinkSetupError(OSError):
+    """A change the kernel refused; str() says which one and why."""
+
+
+def sysctl_path(key: str) -> Path:
+    """net.ipv6.conf.eth0.forwarding -> /proc/sys/net/ipv6/conf/eth0/forwarding."""
+    parts = key.split(".")
+    # interface names may contain dots: net.ipv6.conf.<if>.<leaf>
+    if len(parts) > 5 and parts[1] in ("ipv4", "ipv6") and parts[2] == "conf":
+        parts = parts[:3] + [".".join(parts[3:-1]), parts[-1]]
+    return SYSCTL_ROOT.joinpath(*parts)
+
+
+def read_sysctl(key: str) -> str:
+    return sysctl_path(key).read_text().strip()
+
+
+def write_sysctl(key: str, value: str) -> None:
+    sysctl_path(key).write_text(f"{value}\n")
+
+
+class InterfaceSetup:
+    """Configure one interface and remember how to take it back."""
+
+    def __init__(self, ifname: str):
+        self.ifname = ifname
+        self.ipr = IPRoute()
+        found = self.ipr.link_lookup(ifname=ifname)
+        if not found:
+            self.ipr.close()
+            raise NetlinkSetupError(errno.ENODEV, f"no interface named {ifname}")
+        self.index = found[0]
+        self._undo: list[tuple[str, tuple, dict]] = []
+
+    def _call(self, what: str, method: str, *args, **kwargs) -> None:
+        try:
+            getattr(self.ipr, method)(*args, **kwargs)
+        except NetlinkError as exc:
+            raise NetlinkSetupError(exc.code, f"{what} on {self.ifname}: {exc.args[1] if len(exc.args) > 1 else exc}") from None
+
+    def set_sysctl(self, leaf: str, value: str) -> None:
+        """net.ipv6.conf.<ifname>.<leaf> = value, restored by undo()."""
+        key = f"net.ipv6.conf.{self.ifname}.{leaf}"
+        old = read_sysctl(key)
+        if old != value:
+            write_sysctl(key, value)
+            self._undo.append(("sysctl", (key, old), {}))
+
+    def link_up(self, mtu: int) -> None:
+        self._call("setting MTU and state up", "link", "set", index=self.index, mtu=mtu, state="up")
+
+    def has_address(self, address: str, prefixlen: int) -> bool:
+        packed = ipaddress.IPv6Address(address)
+        for entry in self.ipr.get_addr(index=self.index, family=AF_INET6):
+            if ipaddress.IPv6Address(entry.get_attr("IFA_ADDRESS")) == packed and entry["prefixlen"] == prefixlen:
+                return True
+        return False
+
+    def add_address(self, address: str, prefixlen: int, *, prefix_route: bool = False) -> None:
+        if self.has_address(address, prefixlen):
+            return
+        flags = IFA_F_NODAD | (0 if prefix_route else IFA_F_NOPREFIXROUTE)
+        self._call(
+            f"adding address {address}/{prefixlen}",
+            "addr",
+            "add",
+            index=self.index,
+            address=address,
+            prefixlen=prefixlen,
+            IFA_FLAGS=flags,
+        )
+        self._undo.append(("addr", ("del",), dict(index=self.index, address=address, prefixlen=prefixlen)))
+
+    def add_route(self, prefix: str, prefixlen: int, **extra) -> None:
+        spec = dict(dst=prefix, dst_len=prefixlen, oif=self.index, family=AF_INET6, **extra)
+        try:
+            self.ipr.route("add", **spec)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise NetlinkSetupError(exc.code, f"adding route {prefix}/{prefixlen} via {self.ifname}: {exc}") from None
+            return
+        self._undo.append(("route", ("del",), spec))
+
+    def undo(self) -> None:
+        """Take back every recorded change, newest first; never raises."""
+        while self._undo:
+            kind, args, kwargs = self._undo.pop()
+            try:
+                if kind == "sysctl":
+                    write_sysctl(*args)
+                else:
+                    getattr(self.ipr, kind)(*args, **kwargs)
+            except (OSError, NetlinkError) as exc:
+                # the device may be gone already, which removed the change with it
+                log.debug("undo %s %s: %s", kind, kwargs or args, exc)
+
+    def close(self) -> None:
+        self.ipr.close()

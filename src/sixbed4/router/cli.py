@@ -1,0 +1,141 @@
+"""`6bed4router`: the command line, compatible with the C router's options."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import cliutil
+from ..core import addr, icmp6
+from ..core.router import MasqRule, RouterConfig
+from .daemon import RouterSettings, run_router
+
+DESCRIPTION = """\
+Stateless 6bed4 router: gives IPv6 to IPv4-only peers behind NAT by carrying
+IPv6 packets as UDP payload over IPv4 (port 25790).  Every peer address encodes
+the peer's public IPv4 address and UDP port, so the router keeps no state.
+"""
+
+EPILOG = """\
+masquerading: -s/-t/-u PORT[:PORT] forward SCTP/TCP/UDP ports that peers send
+to the router's address in their own /114 to the last -m host given before
+them; -i does the same for ICMPv6 Echo.  Without -m the host is the router's
+own global address (the C router's ::1 cannot be reached through the kernel).
+
+example: 6bed4router -l 192.0.2.1 -L 2001:db8:9:10::/64
+"""
+
+
+class _Ordered(argparse.Action):
+    """Keep -m/-s/-t/-u/-i in command-line order: a port rule takes the last -m before it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = getattr(namespace, "masq", None) or []
+        items.append((self.dest, values))
+        namespace.masq = items
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = cliutil.Parser(
+        prog="6bed4router",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-l", "--v4listen", metavar="IPV4", required=True,
+                   help="the router's public IPv4 address (used in addresses and ND; bound unless -x or --bind)")
+    p.add_argument("-L", "--v6prefix", metavar="PREFIX/LEN",
+                   help="served prefix, completed to a /64: /16 + netid, /32 + IPv4, /48 + netid, /64 as is, "
+                        "fd00::/8 shorter than /64 filled pseudo-randomly (default fc64::/16)")
+    p.add_argument("-R", "--v6route", metavar="PREFIX/LEN", action="append", default=[],
+                   help="extra prefix (/16../128) announced to peers as a route via the router; repeatable")
+    p.add_argument("-n", "--netid", metavar="HEX", default="bed", help="network id for /16 and /48 prefixes (default: bed)")
+    p.add_argument("-d", "--tundev", metavar="NAME",
+                   help="use this existing TUN device instead of creating '6bed4' (it is left in place on exit)")
+    p.add_argument("-x", "--xlate", metavar="PORT", type=cliutil.parse_port,
+                   help="bind 127.0.0.1:PORT instead (firewall rules redirect the public port there)")
+    p.add_argument("--port", type=cliutil.parse_port, default=addr.PORT_6BED4,
+                   help="public UDP port (default: %(default)s)")
+    p.add_argument("--bind", metavar="IPV4", help="bind this address instead of -l (e.g. 0.0.0.0 behind 1:1 NAT)")
+    p.add_argument("--tun-name", default="6bed4", help="name of the TUN device to create (default: %(default)s)")
+    p.add_argument("--no-prefix-route", action="store_true",
+                   help="do not route the served /64 into the TUN device (you route it yourself)")
+    group = p.add_argument_group("masquerading (as the C router)")
+    group.add_argument("-m", "--masqhost", metavar="IPV6", action=_Ordered, dest="host",
+                       help="host that masqueraded ports go to")
+    group.add_argument("-s", "--sctp", metavar="PORT[:PORT]", action=_Ordered, dest="sctp", help="masquerade SCTP ports")
+    group.add_argument("-t", "--tcp", metavar="PORT[:PORT]", action=_Ordered, dest="tcp", help="masquerade TCP ports")
+    group.add_argument("-u", "--udp", metavar="PORT[:PORT]", action=_Ordered, dest="udp", help="masquerade UDP ports")
+    group.add_argument("-i", "--icmp", action=_Ordered, nargs=0, dest="icmp", help="masquerade ICMPv6 Echo")
+    cliutil.add_logging_option(p)
+    return p
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """PORT, PORT:PORT, :PORT or PORT: as the C router."""
+    lo_text, sep, hi_text = text.partition(":")
+    try:
+        lo = int(lo_text) if lo_text else 1
+        hi = (int(hi_text) if hi_text else 65535) if sep else lo
+    except ValueError:
+        raise cliutil.UsageError(f"port range {text!r}: use PORT or PORT:PORT") from None
+    if not 1 <= lo <= hi <= 65535:
+        raise cliutil.UsageError(f"port range {text!r} is empty or outside 1..65535")
+    return lo, hi
+
+
+def masquerade_rules(items, router_address: bytes) -> tuple[MasqRule, ...]:
+    protocols = {"sctp": icmp6.PROTO_SCTP, "tcp": icmp6.PROTO_TCP, "udp": icmp6.PROTO_UDP}
+    host = router_address
+    rules = []
+    for kind, value in items:
+        if kind == "host":
+            host = addr.parse_address(value)
+        elif kind == "icmp":
+            rules.append(MasqRule(icmp6.PROTO_ICMPV6, 0, 0, host))
+        else:
+            lo, hi = parse_port_range(value)
+            rules.append(MasqRule(protocols[kind], lo, hi, host))
+    return tuple(rules)
+
+
+def settings_from_args(args: argparse.Namespace) -> RouterSettings:
+    """Turn parsed options into settings; AddressError/UsageError name what is wrong."""
+    ipv4 = addr.parse_ipv4(args.v4listen, "-l")
+    if not addr.is_sendable_ipv4(ipv4):
+        raise cliutil.UsageError(f"-l {args.v4listen}: not a unicast IPv4 address")
+    prefix = addr.complete_prefix(args.v6prefix, ipv4, addr.parse_netid(args.netid))
+    routes = tuple(addr.parse_route(text) for text in args.v6route)
+    base = RouterConfig(prefix=prefix, ipv4=ipv4, port=args.port, routes=routes)
+    config = RouterConfig(
+        prefix=prefix, ipv4=ipv4, port=args.port, routes=routes,
+        masquerade=masquerade_rules(getattr(args, "masq", None) or [], base.address),
+    )
+    if args.xlate is not None:
+        bind = ("127.0.0.1", args.xlate)
+    else:
+        bind = (args.bind or args.v4listen, args.port)
+        if args.bind:
+            addr.parse_ipv4(args.bind, "--bind")
+    return RouterSettings(
+        config=config,
+        bind=bind,
+        tun_name=args.tundev or args.tun_name,
+        create_tun=args.tundev is None,
+        prefix_route=not args.no_prefix_route,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except (addr.AddressError, cliutil.UsageError) as exc:
+        return cliutil.fail(parser.prog, str(exc))
+    cliutil.setup_logging(args.log_level)
+    return run_router(settings, parser.prog)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The router daemon: bind the socket, set up the TUN device, pump, clean up."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+
+from .. import cliutil
+from ..core import addr
+from ..core.router import RouterConfig, RouterCore
+from ..io import netlink
+from ..io.datapath import Datapath, DatapathError
+from ..io.tun import Tun, TunError
+from ..io.udp import UdpError, open_udp
+
+log = logging.getLogger("6bed4router")
+
+TUN_MTU = 1280
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    config: RouterConfig
+    bind: tuple[str, int]
+    tun_name: str = "6bed4"
+    create_tun: bool = True
+    prefix_route: bool = True
+
+
+def configure_tun(setup: netlink.InterfaceSetup, config: RouterConfig, prefix_route: bool) -> None:
+    """Addresses as the C router: fe80:: and the router's global address; the /64 routed in."""
+    setup.set_sysctl("addr_gen_mode", "1")  # no kernel-chosen link-local address
+    setup.set_sysctl("accept_ra", "0")
+    setup.set_sysctl("autoconf", "0")
+    setup.link_up(TUN_MTU)
+    setup.add_address("fe80::", 64, prefix_route=True)
+    setup.add_address(addr.format_address(config.address), 128)
+    if prefix_route:
+        setup.add_route(addr.format_address(config.prefix + bytes(8)), 64)
+
+
+def _forwarding_enabled() -> bool:
+    try:
+        return netlink.read_sysctl("net.ipv6.conf.all.forwarding") == "1"
+    except OSError:
+        return False
+
+
+def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
+    config = settings.config
+    with contextlib.ExitStack() as cleanup:
+        try:
+            sock = open_udp(*settings.bind)
+            cleanup.callback(sock.close)
+            tun = Tun.open(settings.tun_name, create=settings.create_tun)
+            cleanup.callback(tun.close)
+            setup = netlink.InterfaceSetup(tun.name)
+            cleanup.callback(setup.close)
+            cleanup.callback(setup.undo)
+            configure_tun(setup, config, settings.prefix_route)
+        except (UdpError, TunError, netlink.NetlinkSetupError) as exc:
+            return cliutil.fail(prog, exc.strerror or str(exc))
+        except PermissionError as exc:
+            return cliutil.fail(prog, f"{exc.filename}: permission denied (run as root or with CAP_NET_ADMIN)")
+
+        core = RouterCore(config)
+        datapath = Datapath(sock, tun, core)
+        cleanup.callback(datapath.close)
+        prefix_text = addr.format_address(config.prefix + bytes(8))
+        log.info(
+            "serving %s/64 on UDP %s:%d via %s; router address %s",
+            prefix_text, *settings.bind, tun.name, addr.format_address(config.address),
+        )
+        if not _forwarding_enabled():
+            log.warning("net.ipv6.conf.all.forwarding is 0: native IPv6 will not be forwarded (see 6bed4 host-setup)")
+
+        def on_signal(signum, _frame):
+            log.info("%s received, shutting down", signal.Signals(signum).name)
+            datapath.stop()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, on_signal)
+        try:
+            datapath.run()
+        except DatapathError as exc:
+            log.error("datapath failed: %s", exc)
+            return 1
+        finally:
+            log.info("counters: %s", " ".join(f"{k}={v}" for k, v in core.counters.snapshot().items() if v))
+        return 0
