@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import cliutil
+from .. import cliutil, config
 from ..core import addr, icmp6
+from ..io.metrics import parse_listen
 from ..core.router import MasqRule, RouterConfig
 from .daemon import RouterSettings, run_router
 
@@ -67,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("-t", "--tcp", metavar="PORT[:PORT]", action=_Ordered, dest="tcp", help="masquerade TCP ports")
     group.add_argument("-u", "--udp", metavar="PORT[:PORT]", action=_Ordered, dest="udp", help="masquerade UDP ports")
     group.add_argument("-i", "--icmp", action=_Ordered, nargs=0, dest="icmp", help="masquerade ICMPv6 Echo")
-    cliutil.add_logging_option(p)
+    ops = p.add_argument_group("operations")
+    ops.add_argument("--metrics", metavar="HOST:PORT", type=parse_listen,
+                     help="serve Prometheus metrics over HTTP, e.g. 127.0.0.1:9640")
+    ops.add_argument("--user", help="after setup, run as this user, keeping only CAP_NET_ADMIN")
+    config.add_config_option(ops)
+    cliutil.add_logging_option(ops)
     return p
 
 
@@ -123,13 +129,15 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
         tun_name=args.tundev or args.tun_name,
         create_tun=args.tundev is None,
         prefix_route=not args.no_prefix_route,
+        metrics=args.metrics,
+        user=args.user,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = config.parse_with_config(parser, sys.argv[1:] if argv is None else argv)
         settings = settings_from_args(args)
     except (addr.AddressError, cliutil.UsageError) as exc:
         return cliutil.fail(parser.prog, str(exc))

@@ -11,7 +11,9 @@ from .. import cliutil
 from ..core import addr
 from ..core.router import RouterConfig, RouterCore
 from ..io import netlink
+from ..io import service
 from ..io.datapath import Datapath, DatapathError
+from ..io.metrics import CountersCollector, serve_metrics
 from ..io.tun import Tun, TunError
 from ..io.udp import UdpError, open_udp
 
@@ -27,6 +29,8 @@ class RouterSettings:
     tun_name: str = "6bed4"
     create_tun: bool = True
     prefix_route: bool = True
+    metrics: tuple[str, int] | None = None
+    user: str | None = None
 
 
 def configure_tun(setup: netlink.InterfaceSetup, config: RouterConfig, prefix_route: bool) -> None:
@@ -66,9 +70,24 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
             return cliutil.fail(prog, f"{exc.filename}: permission denied (run as root or with CAP_NET_ADMIN)")
 
         core = RouterCore(config)
+        prefix_text = addr.format_address(config.prefix + bytes(8))
+        if settings.metrics:
+            info = {"prefix": f"{prefix_text}/64", "address": addr.format_address(config.address)}
+            collector = CountersCollector("sixbed4_router", core.counters, lambda: info, lambda: core.rate_limit_hits)
+            try:
+                server, _ = serve_metrics(settings.metrics, collector)
+            except OSError as exc:
+                return cliutil.fail(prog, "metrics on %s:%d: %s" % (*settings.metrics, exc.strerror))
+            cleanup.callback(server.shutdown)
+            log.info("metrics on http://%s:%d/metrics", *settings.metrics)
+        if settings.user:
+            try:
+                service.drop_privileges(settings.user)
+            except service.PrivilegeError as exc:
+                return cliutil.fail(prog, str(exc))
+            log.info("running as user %s with CAP_NET_ADMIN only", settings.user)
         datapath = Datapath(sock, tun, core)
         cleanup.callback(datapath.close)
-        prefix_text = addr.format_address(config.prefix + bytes(8))
         log.info(
             "serving %s/64 on UDP %s:%d via %s; router address %s",
             prefix_text, *settings.bind, tun.name, addr.format_address(config.address),
@@ -82,6 +101,7 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, on_signal)
+        service.notify("READY=1")
         try:
             datapath.run()
         except DatapathError as exc:

@@ -1,0 +1,82 @@
+"""Prometheus metrics (`--metrics HOST:PORT`), read straight from the core's counters.
+
+The cores count in plain ints on the hot path; this collector turns them into
+metric families only when scraped, so metrics cost nothing per packet.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+from prometheus_client import start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import CollectorRegistry
+
+from ..core.stats import DROP_REASONS, Counters
+
+EVENT_HELP = {
+    "udp_in": "datagrams received on the 6bed4 UDP socket",
+    "udp_in_bytes": "bytes received on the 6bed4 UDP socket",
+    "tun_in": "packets read from the TUN device",
+    "tun_in_bytes": "bytes read from the TUN device",
+    "to_tun": "packets written to the TUN device",
+    "to_udp": "packets sent as datagrams from the TUN side",
+    "relayed": "packets relayed from one peer to another",
+    "keepalives": "empty keepalive datagrams",
+    "rs_received": "Router Solicitations received",
+    "ra_sent": "Router Advertisements sent",
+    "corrective_ra_sent": "corrective Router Advertisements sent after a NAT mapping change",
+    "ns_received": "Neighbor Solicitations received",
+    "na_sent": "Neighbor Advertisements sent",
+    "echo_replies": "ICMPv6 Echo Replies sent by the router itself",
+    "icmp_errors_sent": "ICMPv6 errors sent (Time Exceeded)",
+    "masqueraded": "packets whose address was rewritten by masquerading",
+}
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT (or [v6]:PORT) for --metrics."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"--metrics {text!r}: use HOST:PORT, e.g. 127.0.0.1:9640")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class CountersCollector:
+    def __init__(self, namespace: str, counters: Counters, info: Callable[[], dict[str, str]] | None = None,
+                 rate_limit_hits: Callable[[], int] | None = None):
+        self.namespace = namespace
+        self.counters = counters
+        self.info = info
+        self.rate_limit_hits = rate_limit_hits
+
+    def collect(self):
+        ns = self.namespace
+        for event in Counters.EVENTS:
+            family = CounterMetricFamily(f"{ns}_{event}", EVENT_HELP.get(event, event))
+            family.add_metric([], getattr(self.counters, event))
+            yield family
+        drops = CounterMetricFamily(f"{ns}_drops", "packets dropped, by reason", labels=["reason"])
+        for reason in DROP_REASONS:
+            drops.add_metric([reason], self.counters.drops.get(reason, 0))
+        yield drops
+        if self.rate_limit_hits is not None:
+            hits = CounterMetricFamily(f"{ns}_rate_limit_hits", "replies suppressed by rate limits")
+            hits.add_metric([], self.rate_limit_hits())
+            yield hits
+        if self.info is not None:
+            details = self.info()
+            info = InfoMetricFamily(f"{ns}", "current configuration and addresses")
+            info.add_metric([], details)
+            yield info
+            up = GaugeMetricFamily(f"{ns}_address_assigned", "1 when the daemon holds a 6bed4 address")
+            up.add_metric([], 1 if details.get("address") else 0)
+            yield up
+
+
+def serve_metrics(listen: tuple[str, int], collector: CountersCollector):
+    """Start the HTTP exporter in a background thread; returns (server, thread)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return start_http_server(listen[1], addr=listen[0], registry=registry)

@@ -1,0 +1,84 @@
+"""Service integration: systemd readiness notification and dropping privileges.
+
+After the daemon has its TUN device and sockets, it no longer needs root: it
+switches to an unprivileged user and keeps only CAP_NET_ADMIN (to change
+addresses and routes, e.g. when a peer's NAT mapping changes) in its
+effective, permitted and ambient sets.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pwd
+import socket
+
+PR_SET_KEEPCAPS = 8
+CAP_NET_ADMIN = 12
+CAP_NET_RAW = 13
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class PrivilegeError(OSError):
+    """Dropping privileges failed; str() is the one-line explanation."""
+
+
+def notify(state: str) -> bool:
+    """sd_notify(): tell systemd e.g. READY=1 or STOPPING=1; False when not under systemd."""
+    target = os.environ.get("NOTIFY_SOCKET")
+    if not target:
+        return False
+    if target.startswith("@"):
+        target = "\0" + target[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.sendto(state.encode(), target)
+        except OSError:
+            return False
+    return True
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def drop_privileges(user: str, keep: tuple[int, ...] = (CAP_NET_ADMIN,)) -> None:
+    """Become `user` (and its primary group), keeping only the capabilities in `keep`."""
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise PrivilegeError(0, f"--user {user}: no such user") from None
+    libc = _libc()
+    if libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0:
+        raise PrivilegeError(ctypes.get_errno(), "prctl(PR_SET_KEEPCAPS) failed")
+    try:
+        os.setgroups([])
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
+    except PermissionError:
+        raise PrivilegeError(1, f"--user {user}: cannot switch user (not running as root?)") from None
+    mask = 0
+    for cap in keep:
+        mask |= 1 << cap
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)(_CapData(mask, mask, mask), _CapData(0, 0, 0))
+    if libc.capset(ctypes.byref(header), ctypes.byref(data)) != 0:
+        raise PrivilegeError(ctypes.get_errno(), "capset() failed")
+    PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 47, 2
+    for cap in keep:  # so that hook scripts the peer runs keep them too
+        libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0)
+    os.environ["HOME"] = entry.pw_dir
+
+
+def capabilities() -> dict[str, str]:
+    """The Cap* lines of /proc/self/status (for logs and tests)."""
+    with open("/proc/self/status") as status:
+        return {k: v.strip() for k, v in (line.split(":", 1) for line in status if line.startswith("Cap"))}

@@ -1,0 +1,101 @@
+"""Operating the router: metrics, config file, unprivileged user, start-up errors."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
+
+from tests.integration import topology
+from tests.integration.sixclient import SixClient
+from tests.netlab import Lab
+
+
+@pytest.fixture(scope="module")
+def net():
+    with Lab("op") as lab:
+        yield topology.build(lab, ("mob",))
+
+
+def scrape(lab: Lab, ns: str, url: str) -> dict[tuple[str, tuple], float]:
+    with lab.inside(ns):
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def test_metrics_count_traffic_and_drops_by_reason(net):
+    proc = net.start_router("--metrics", "127.0.0.1:9640", name="metrics")
+    client = SixClient(net.lab, net.clients["mob"].ns)
+    try:
+        client.solicit()
+        client.send(IPv6(src="2001:db8:9:10::1234:1", dst=topology.INET6) / ICMPv6EchoRequest())  # spoofed
+        client.send(b"")  # keepalive
+        client.ping(topology.INET6)
+        client.recv_matching(lambda p: p.haslayer(ICMPv6EchoReply))
+        samples = scrape(net.lab, net.router, "http://127.0.0.1:9640/metrics")
+    finally:
+        client.close()
+        Lab.stop(proc)
+    assert samples[("sixbed4_router_rs_received_total", ())] == 1
+    assert samples[("sixbed4_router_ra_sent_total", ())] == 1
+    assert samples[("sixbed4_router_keepalives_total", ())] == 1
+    assert samples[("sixbed4_router_drops_total", (("reason", "bad_source"),))] == 1
+    assert samples[("sixbed4_router_drops_total", (("reason", "multicast"),))] == 0
+    assert samples[("sixbed4_router_to_tun_total", ())] >= 1
+    assert samples[("sixbed4_router_to_udp_total", ())] >= 1
+    info = samples[("sixbed4_router_info", (("address", "2001:db8:9:10:c000:201:64be:0"), ("prefix", "2001:db8:9:10::/64")))]
+    assert info == 1
+
+
+def test_config_file_is_equivalent_to_options_and_cli_overrides(net, tmp_path):
+    config = tmp_path / "router.toml"
+    config.write_text('v4listen = "192.0.2.1"\nv6prefix = "2001:db8:7::/48"\nnetid = "beef"\nlog-level = "debug"\n')
+    proc = net.lab.python(net.router, "sixbed4.router.cli", "--config", str(config), "-L", topology.PREFIX,
+                          name="configured")
+    try:
+        net.lab.wait_for(lambda: "serving" in net.lab.log("configured") or proc.poll() is not None, what="start")
+        assert "serving 2001:db8:9:10::/64" in net.lab.log("configured")  # -L on the command line wins
+    finally:
+        assert Lab.stop(proc) == 0
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('v4listen = "192.0.2.1"\nbogus = 1\n', "unknown setting 'bogus'"),
+        ('v4listen = "192.0.2.1"\nv6prefix = "2001:db8::/40"\n', "/40 is not supported"),
+        ("v4listen = [\n", "config file"),
+    ],
+)
+def test_bad_config_file_is_one_line_and_exit_2(net, tmp_path, content, message):
+    config = tmp_path / "bad.toml"
+    config.write_text(content)
+    proc = net.lab.python(net.router, "sixbed4.router.cli", "--config", str(config), name="badconfig")
+    assert proc.wait(10) == 2
+    output = net.lab.log("badconfig").strip()
+    assert message in output and len(output.splitlines()) == 1
+    assert not net.lab.has_link(net.router, "6bed4")
+
+
+def test_runs_as_unprivileged_user_and_keeps_forwarding(net):
+    proc = net.start_router("--user", "nobody", name="nobody")
+    client = SixClient(net.lab, net.clients["mob"].ns)
+    try:
+        net.lab.wait_for(lambda: "running as user nobody" in net.lab.log("nobody"), what="privilege drop")
+        status = dict(line.split(":", 1) for line in open(f"/proc/{proc.pid}/status"))
+        assert status["Uid"].split()[0] == "65534"
+        assert int(status["CapEff"], 16) == 1 << 12  # CAP_NET_ADMIN only
+        client.solicit()
+        client.ping(topology.INET6, seq=5)
+        reply = client.recv_matching(lambda p: p.haslayer(ICMPv6EchoReply))
+        assert reply[ICMPv6EchoReply].seq == 5
+    finally:
+        client.close()
+        assert Lab.stop(proc) == 0
+    assert not net.lab.has_link(net.router, "6bed4")
