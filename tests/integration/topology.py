@@ -3,6 +3,7 @@
     cl1 (10.0.1.2) -- nat1 (198.51.100.7) --\\
     cl2 (10.0.2.2) -- nat2 (203.0.113.9) ----- core4 ---- rtr (192.0.2.1) --- inet6 (2001:db8:ff::2)
     mob (198.18.0.50, no NAT) ------/                6bed4 TUN, 2001:db8:9:10::/64
+    atk (198.18.1.66, no NAT, sends forged packets)
 
 The NATs masquerade with random source ports, so a client's public port differs
 from its local one, as behind a real home router.
@@ -74,6 +75,7 @@ def build(lab: Lab, clients: tuple[str, ...] = ("cl1", "cl2")) -> Topology:
         "cl1": ("198.51.100.7", "198.51.100.254", "10.0.1"),
         "cl2": ("203.0.113.9", "203.0.113.254", "10.0.2"),
         "mob": ("198.18.0.50", "198.18.0.254", None),
+        "atk": ("198.18.1.66", "198.18.1.254", None),
     }
     for index, role in enumerate(clients):
         public, gateway, lan = plan[role]

@@ -45,6 +45,33 @@ def configure_tun(setup: netlink.InterfaceSetup, config: RouterConfig, prefix_ro
         setup.add_route(addr.format_address(config.prefix + bytes(8)), 64)
 
 
+class NotableEvents:
+    """Log what an operator should know, at most once a minute per kind, never per packet."""
+
+    INTERVAL = 60.0
+
+    def __init__(self, core: RouterCore):
+        self.core = core
+        self.seen = {"rate_limit_hits": 0, "corrective_ra_sent": 0}
+        self.next_report = 0.0
+
+    def __call__(self, now: float) -> None:
+        if now < self.next_report:
+            return
+        counters = self.core.counters
+        current = {"rate_limit_hits": self.core.rate_limit_hits, "corrective_ra_sent": counters.corrective_ra_sent}
+        news = {key: current[key] - self.seen[key] for key in current if current[key] > self.seen[key]}
+        if not news:
+            return
+        if "rate_limit_hits" in news:
+            log.warning("rate limits suppressed %d replies (RS floods or errors); see the drops metric",
+                        news["rate_limit_hits"])
+        if "corrective_ra_sent" in news:
+            log.info("sent %d corrective RAs to peers whose NAT mapping changed", news["corrective_ra_sent"])
+        self.seen = current
+        self.next_report = now + self.INTERVAL
+
+
 def _forwarding_enabled() -> bool:
     try:
         return netlink.read_sysctl("net.ipv6.conf.all.forwarding") == "1"
@@ -103,7 +130,7 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
             signal.signal(signum, on_signal)
         service.notify("READY=1")
         try:
-            datapath.run()
+            datapath.run(on_tick=NotableEvents(core))
         except DatapathError as exc:
             log.error("datapath failed: %s", exc)
             return 1
