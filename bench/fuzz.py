@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Long fuzz run of the sans-IO cores: random and mutated datagrams and TUN packets.
+
+    .venv/bin/python bench/fuzz.py [--inputs 1000000] [--seed N]
+
+Feeds the router core (and the peer core, if present) with a mix of valid
+packets of every kind, mutations of them (bit flips, truncation, extension,
+length-field lies, option lengths 0 and huge, every ICMPv6 type, bad
+checksums) and pure random bytes, from random origins.  Any exception is a
+failure (printed with the input, exit 1).  Every 10,000 inputs a known-good
+packet must still be forwarded.  Prints counts per outcome and drop reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import random
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from sixbed4.core import addr, icmp6  # noqa: E402
+from sixbed4.core.router import SEND, TUN, RouterConfig, RouterCore  # noqa: E402
+
+PREFIX = bytes.fromhex("20010db800090010")
+ROUTER_V4 = bytes((192, 0, 2, 1))
+PEER = ("198.51.100.7", 40000)
+PEER_ADDR = addr.encode(PREFIX, bytes((198, 51, 100, 7)), 40000, 1)
+OTHER_ADDR = addr.encode(PREFIX, bytes((203, 0, 113, 9)), 5000, 1)
+NATIVE = bytes.fromhex("20010db8ffff") + bytes(9) + b"\x02"
+
+
+def seeds() -> list[bytes]:
+    """Valid packets of every kind the cores handle."""
+    echo = lambda src, dst: icmp6.icmp6_packet(src, dst, icmp6.ECHO_REQUEST, 0, b"\x00\x01\x00\x01fuzz")  # noqa: E731
+    slla = bytes((1, 1, 0, 0, 0, 0, 0, 1))
+    rs_c = icmp6.icmp6_packet(icmp6.UNSPECIFIED, icmp6.ALL_ROUTERS, icmp6.ROUTER_SOLICIT, 0, bytes(4) + slla)
+    router_addr = addr.encode(PREFIX, ROUTER_V4, 25790, 0)
+    packets = [
+        icmp6.router_solicit(), rs_c,
+        icmp6.neighbor_solicit(PEER_ADDR, router_addr, router_addr, addr.lladdr(bytes((198, 51, 100, 7)), 40000)),
+        icmp6.router_advert(icmp6.ALL_NODES, [icmp6.PrefixInfo(PEER_ADDR[:14] + bytes(2), 114)]),
+        icmp6.neighbor_advert(PEER_ADDR, router_addr, PEER_ADDR, 0xE0, bytes(6)),
+        echo(PEER_ADDR, NATIVE), echo(PEER_ADDR, OTHER_ADDR), echo(PEER_ADDR, PEER_ADDR[:15] + b"\x00"),
+        echo(NATIVE, PEER_ADDR), echo(PEER_ADDR, icmp6.ALL_NODES),
+        icmp6.ipv6_packet(PEER_ADDR, NATIVE, 17, b"\x30\x39\x00\x35\x00\x0c\x00\x00abcd", 64),
+        icmp6.ipv6_packet(PEER_ADDR, NATIVE, 6, bytes(20), 64),
+    ]
+    packets += [icmp6.icmp6_packet(PEER_ADDR, NATIVE, kind, 0, bytes(20)) for kind in range(0, 256, 7)]
+    return packets
+
+
+def mutate(rng: random.Random, packet: bytes) -> bytes:
+    data = bytearray(packet)
+    choice = rng.randrange(9)
+    if choice == 0 and data:  # bit flips
+        for _ in range(rng.randrange(1, 8)):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    elif choice == 1:  # truncate
+        del data[rng.randrange(len(data) + 1):]
+    elif choice == 2:  # extend
+        data += rng.randbytes(rng.randrange(1, 1500))
+    elif choice == 3 and len(data) >= 6:  # lie in the payload length
+        data[4:6] = rng.randrange(65536).to_bytes(2, "big")
+    elif choice == 4 and len(data) > 49:  # option length 0 or huge
+        data[49 if rng.random() < 0.5 else len(data) - 7] = rng.choice((0, 1, 255))
+    elif choice == 5 and len(data) > 41:  # every ICMPv6 type, any code
+        data[40], data[41] = rng.randrange(256), rng.randrange(256)
+    elif choice == 6 and len(data) > 43:  # bad checksum
+        data[42] ^= 0xFF
+    elif choice == 7 and len(data) >= 8:  # hop limit
+        data[7] = rng.choice((0, 1, 254, 255))
+    else:  # pure random
+        data = bytearray(rng.randbytes(rng.randrange(0, 2000)))
+    return bytes(data)
+
+
+def random_origin(rng: random.Random) -> tuple[str, int]:
+    if rng.random() < 0.7:
+        return PEER
+    return (".".join(str(rng.randrange(256)) for _ in range(4)), rng.randrange(65536))
+
+
+def cores():
+    yield "router", RouterCore(RouterConfig(PREFIX, ROUTER_V4))
+    try:
+        peer_module = importlib.import_module("sixbed4.core.peer")
+    except ImportError:
+        return
+    make = getattr(peer_module, "fuzz_target", None)
+    if make is not None:
+        yield "peer", make()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--inputs", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=6)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    base = seeds()
+    good = icmp6.icmp6_packet(PEER_ADDR, NATIVE, icmp6.ECHO_REQUEST, 0, b"\x00\x01\x00\x01good")
+    failures = 0
+    for name, core in cores():
+        outcomes: Counter = Counter()
+        start = time.monotonic()
+        for i in range(args.inputs):
+            packet = mutate(rng, rng.choice(base))
+            now = i / 1000.0
+            try:
+                if rng.random() < 0.6:
+                    action = core.from_udp(bytearray(packet), random_origin(rng), now)
+                else:
+                    action = core.from_tun(bytearray(packet))
+                outcomes[action[0]] += 1
+            except Exception as exc:  # noqa: BLE001 - any exception is the finding
+                failures += 1
+                print(f"{name}: {type(exc).__name__}: {exc} on input {packet.hex()}")
+                if failures > 20:
+                    return 1
+            if i % 10_000 == 0 and name == "router":
+                kind = core.from_udp(bytearray(good), PEER, now)[0]
+                if kind != TUN:
+                    failures += 1
+                    print(f"{name}: a valid packet was not forwarded after {i} inputs")
+        seconds = time.monotonic() - start
+        labels = {0: "drop", TUN: "tun", SEND: "send", 3: "reply"}
+        print(f"{name}: {args.inputs} inputs in {seconds:.1f}s, no exception: {failures == 0}")
+        print("  outcomes: " + ", ".join(f"{labels.get(k, k)}={v}" for k, v in sorted(outcomes.items())))
+        drops = {k: v for k, v in core.counters.drops.items() if v}
+        print("  drops: " + ", ".join(f"{k}={v}" for k, v in sorted(drops.items(), key=lambda kv: -kv[1])))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
