@@ -8,7 +8,7 @@ import sys
 from . import cliutil
 from .core import addr
 
-DESCRIPTION = "Tools for 6bed4 (IPv6 over UDP/IPv4): decode and encode addresses."
+DESCRIPTION = "Tools for 6bed4 (IPv6 over UDP/IPv4): addresses, host setup, proxy ND, the live demo."
 
 
 def cmd_addr(args: argparse.Namespace) -> int:
@@ -34,6 +34,16 @@ def cmd_addr(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run as demo  # imports pyroute2 netns helpers: only when asked
+
+    if args.down:
+        removed = demo.Lab.sweep(demo.TAG)
+        print(f"removed {len(removed)} demo namespaces")
+        return 0
+    return demo.main("6bed4 demo", keep=args.keep, upstream=args.upstream, python=sys.executable)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = cliutil.Parser(prog="6bed4", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -49,6 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lanid", type=lambda t: int(t, 0), default=1,
                    help="the lanid, to encode: 0 is the router, 1 the peer itself (default), 2..0x3fff its LAN")
     p.set_defaults(func=cmd_addr)
+
+    p = commands.add_parser(
+        "demo",
+        help="run the seed's scenario live in network namespaces (root)",
+        description="Build the seed's scenario in network namespaces (hosting upstream, VM with a /64, "
+                    "home NAT with a gateway, a phone), run host setup, the router and two peers, and print "
+                    "who reaches whom. Exit code 0 only if everything passed.",
+    )
+    p.add_argument("--keep", action="store_true", help="leave the lab running and print how to enter it")
+    p.add_argument("--down", action="store_true", help="take down a lab left by --keep (or a crashed run)")
+    p.add_argument("--upstream", choices=("on-link", "routed"), default="on-link",
+                   help="on-link: the upstream treats the /64 as on-link and the router answers ND for it "
+                        "(proxy ND); routed: the upstream routes the /64 to the VM (default: %(default)s)")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

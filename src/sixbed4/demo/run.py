@@ -1,0 +1,219 @@
+"""`6bed4 demo`: build the seed's scenario, run host setup, router and peers, show who reaches whom."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+
+from . import scenario
+from .lab import Lab
+
+TAG = "6bed4demo"
+AF_INET6 = 10
+PING_RTT = re.compile(r"= [\d.]+/([\d.]+)/")
+
+
+class Progress:
+    """Step lines, and a spinner with elapsed seconds while waiting (plain dots off a terminal)."""
+
+    def __init__(self, stream=sys.stdout):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.started = time.monotonic()
+
+    def step(self, text: str) -> None:
+        self.stream.write(f"[{time.monotonic() - self.started:5.1f}s] {text}\n")
+        self.stream.flush()
+
+    def wait(self, text: str, predicate, timeout: float):
+        start = time.monotonic()
+        frames = "|/-\\"
+        tick = 0
+        while True:
+            value = predicate()
+            elapsed = time.monotonic() - start
+            if value or elapsed > timeout:
+                break
+            if self.tty:
+                self.stream.write(f"\r        {frames[tick % 4]} {text} ({elapsed:.1f}s)")
+                self.stream.flush()
+            tick += 1
+            time.sleep(0.1)
+        if self.tty:
+            self.stream.write("\r\033[K")
+        self.step(f"{text}: {'done' if value else 'TIMED OUT'} after {time.monotonic() - start:.1f}s")
+        return value
+
+
+def tunnel_address(ns: str) -> str | None:
+    """The global address the peer configured on its 6bed4 device, if any yet."""
+    try:
+        with IPRoute(netns=ns) as ipr:
+            found = ipr.link_lookup(ifname="6bed4")
+            if not found:
+                return None
+            for entry in ipr.get_addr(index=found[0], family=AF_INET6):
+                address = entry.get_attr("IFA_ADDRESS")
+                if not ipaddress.IPv6Address(address).is_link_local:
+                    return address
+    except OSError:
+        return None
+    return None
+
+
+@dataclass
+class Cell:
+    source: str
+    target: str
+    ok: bool
+    detail: str
+
+
+def ping(lab: Lab, ns: str, address: str) -> tuple[bool, str]:
+    result = lab.run(ns, ["ping", "-6", "-n", "-c", "3", "-i", "0.2", "-W", "2", address], timeout=15)
+    match = PING_RTT.search(result.stdout)
+    if result.returncode == 0 and match:
+        return True, f"{float(match.group(1)):.2f} ms"
+    return False, "no reply"
+
+
+def print_matrix(cells: list[Cell], sources: list[str], targets: list[str], out=sys.stdout) -> None:
+    table = {(c.source, c.target): c for c in cells}
+    width = max(len(t) for t in targets) + 2
+    first = max(len(s) for s in sources) + 2
+    out.write("\nconnectivity (ping -6, average RTT)\n")
+    out.write(" " * first + "".join(t.ljust(width) for t in targets) + "\n")
+    for source in sources:
+        row = source.ljust(first)
+        for target in targets:
+            cell = table.get((source, target))
+            text = "-" if cell is None else (f"pass {cell.detail}" if cell.ok else "FAIL")
+            row += text.ljust(width)
+        out.write(row.rstrip() + "\n")
+
+
+def main(argv_prog: str, keep: bool, upstream: str, python: str) -> int:
+    """Run the demo; exit code 0 only if every cell of the matrix passed."""
+    progress = Progress()
+    for tool in ("ping", "nft", "iperf3"):
+        if shutil.which(tool) is None:
+            print(f"{argv_prog}: {tool} is missing (./dev setup installs it)", file=sys.stderr)
+            return 2
+    stale = Lab.sweep(TAG)
+    if stale:
+        progress.step(f"removed {len(stale)} namespaces left by an earlier run")
+    lab = Lab(TAG)
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        return _run(lab, progress, upstream == "routed", python, keep)
+    except KeyboardInterrupt:
+        progress.step("interrupted")
+        return 130
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        progress.step(f"the lab failed: {exc}")
+        return 1
+    finally:
+        if keep and lab.namespaces:
+            _print_keep(lab)
+        else:
+            lab.close()
+            progress.step("cleaned up: namespaces and processes removed")
+
+
+def _run(lab: Lab, progress: Progress, routed: bool, python: str, keep: bool) -> int:
+    progress.step("building the lab: upstream router + Internet, VM with eth0 "
+                  f"{scenario.VM_MAC}, home NAT with a gateway, a phone")
+    sc = scenario.build(lab, upstream_routes_prefix=routed)
+    ns = sc.roles
+    how = "routes the /64 to the VM's link-local address" if routed else "has the /64 on-link (needs proxy ND)"
+    progress.step(f"upstream {how}")
+
+    cli = [python, "-m", "sixbed4.cli"]
+    setup = ["host-setup", "--uplink", "eth0", "--prefix", scenario.PREFIX, "--on-uplink",
+             "--state-file", str(lab.logdir / "host-setup.json")]
+    plan = lab.run(ns["vm"], cli + [setup[0], "plan", *setup[1:]])
+    progress.step("host setup plan for the VM:\n" + _indent(plan.stdout + plan.stderr))
+    applied = lab.run(ns["vm"], cli + [setup[0], "apply", *setup[1:]])
+    if applied.returncode != 0:
+        progress.step("host setup failed:\n" + _indent(applied.stdout + applied.stderr))
+        return 1
+    progress.step("host setup applied: forwarding on, ::11 and ::30 moved to /128, /64 off eth0")
+
+    router_args = [python, "-m", "sixbed4.router.cli", "-l", scenario.VM_V4, "-L", scenario.PREFIX]
+    if not routed:
+        router_args += ["--proxy-nd", "eth0"]
+    router = lab.start(ns["vm"], router_args, "router")
+    if not progress.wait("starting 6bed4router in the VM", lambda: "serving" in lab.log("router")
+                         or router.poll() is not None, 10) or router.poll() is not None:
+        progress.step("router failed:\n" + _indent(lab.log("router")))
+        return 1
+
+    peers = {"gateway": ns["gateway"], "phone": ns["phone"]}
+    for role, peer_ns in peers.items():
+        lab.start(peer_ns, [python, "-m", "sixbed4.peer.cli", "-s", scenario.VM_V4, "-r"], f"peer-{role}")
+    addresses = {}
+    for role, peer_ns in peers.items():
+        address = progress.wait(f"6bed4peer on the {role} asks for an address",
+                                lambda n=peer_ns: tunnel_address(n), 15)
+        if not address:
+            progress.step(f"{role} got no address:\n" + _indent(lab.log(f"peer-{role}")))
+            return 1
+        addresses[role] = address
+        progress.step(f"{role} has {address}")
+
+    targets = {"internet": scenario.INET6, "vm ::11": scenario.SERVERS[0], "vm ::30": scenario.SERVERS[1],
+               "gateway": addresses["gateway"], "phone": addresses["phone"]}
+    sources = {"gateway": ns["gateway"], "phone": ns["phone"], "internet": ns["inet"]}
+    cells = []
+    progress.step("pinging every pair")
+    for source, source_ns in sources.items():
+        for target, address in targets.items():
+            if target == source or (source == "internet" and target.startswith("vm")):
+                continue
+            ok, detail = ping(lab, source_ns, address)
+            cells.append(Cell(source, target, ok, detail))
+    print_matrix(cells, list(sources), list(targets))
+
+    throughput_ok, throughput = iperf(lab, ns["inet"], ns["phone"])
+    print(f"\nthroughput phone -> internet through the tunnel (iperf3 TCP, 3 s): {throughput}")
+    passed = all(c.ok for c in cells) and throughput_ok
+    print(f"\nresult: {'ALL PASSED' if passed else 'SOME FAILED'} "
+          f"({sum(c.ok for c in cells)}/{len(cells)} reachability checks, throughput "
+          f"{'ok' if throughput_ok else 'failed'})")
+    return 0 if passed else 1
+
+
+def iperf(lab: Lab, server_ns: str, client_ns: str) -> tuple[bool, str]:
+    server = lab.start(server_ns, ["iperf3", "-s", "-1", "-B", scenario.INET6], "iperf3-server")
+    time.sleep(0.3)
+    result = lab.run(client_ns, ["iperf3", "-6", "-c", scenario.INET6, "-t", "3", "-J"], timeout=20)
+    server.wait(5)
+    try:
+        bits = json.loads(result.stdout)["end"]["sum_received"]["bits_per_second"]
+    except (ValueError, KeyError):
+        return False, "failed"
+    return bits > 0, f"{bits / 1e6:.1f} Mbit/s"
+
+
+def _indent(text: str) -> str:
+    return "\n".join("        " + line for line in text.strip().splitlines())
+
+
+def _print_keep(lab: Lab) -> None:
+    print("\nthe lab stays up (--keep). Enter a namespace with:")
+    for name in lab.namespaces:
+        print(f"    ip netns exec {name} bash")
+    print(f"logs are in {lab.logdir}\ntake it all down with:\n    6bed4 demo --down")
