@@ -141,6 +141,10 @@ def parse_netid(text: str) -> int:
 
 def _parse_network(text: str, option: str) -> ipaddress.IPv6Network:
     if "/" not in text:
+        try:
+            ipaddress.IPv6Address(text)
+        except ValueError:
+            raise AddressError(f"{option} {text!r} is not an IPv6 prefix") from None
         raise AddressError(f"{option} {text!r}: give a prefix length, e.g. 2001:db8:9:10::/64")
     try:
         return ipaddress.IPv6Network(text, strict=True)

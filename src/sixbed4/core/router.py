@@ -204,7 +204,7 @@ class RouterCore:
             counters.drop("multicast")
             return _DROPPED
         destination_prefix = packet[24:32]
-        if destination_prefix == source_prefix and packet[32:38] == packet[16:22]:
+        if (destination_prefix == self.prefix or destination_prefix == _FE80) and packet[32:38] == packet[16:22]:
             if packet[38] == (packet[22] & 0xC0) and packet[39] == 0:
                 return self._to_router(packet, origin)
         if destination_prefix == self.prefix:

@@ -81,6 +81,8 @@ def parse_port_range(text: str) -> tuple[int, int]:
     """PORT, PORT:PORT, :PORT or PORT: as the C router."""
     lo_text, sep, hi_text = text.partition(":")
     try:
+        if not text:
+            raise ValueError(text)
         lo = int(lo_text) if lo_text else 1
         hi = (int(hi_text) if hi_text else 65535) if sep else lo
     except ValueError:
