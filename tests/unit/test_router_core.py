@@ -117,6 +117,7 @@ def assert_ra(raw: bytes, dst: str) -> IPv6:
     assert pkt.hlim == 255
     ra = pkt[ICMPv6ND_RA]
     assert ra.chlim == 0 and ra.M == 0 and ra.O == 0
+    assert bytes(raw)[45] == 0  # no other flags (the C router's 0x18 is not copied)
     assert ra.routerlifetime == 0xFFFF
     assert ra.reachabletime == 0 and ra.retranstimer == 0
     if pkt.haslayer(ICMPv6NDOptMTU):
@@ -625,7 +626,7 @@ def masq_core() -> RouterCore:
         ICMPv6EchoRequest(id=1, seq=2, data=b"masq ping"),
     ],
 )
-@pytest.mark.parametrize("src", [A_ADDR, peer(A, 9)])
+@pytest.mark.parametrize("src", [A_ADDR, peer(A, 9), peer(A, 0x3ABC)])
 def test_masquerade_to_host_and_back(src, payload):
     core = masq_core()
     raw = buf(IPv6(src=src, dst=A_114, hlim=40) / payload)
@@ -840,3 +841,31 @@ def test_echo_to_router_across_link_local_and_global(core, src, dst):
     assert pkt.src == dst and pkt.dst == src
     assert pkt[ICMPv6EchoReply].id == 5
     assert checksum_ok(data)
+
+
+def udp_payload_summing_to_zero(src: str, dst: str, sport: int, dport: int) -> bytes:
+    """A 2-byte UDP payload that makes the one's complement checksum come out as 0 for src -> dst."""
+    from scapy.layers.inet6 import in6_chksum
+
+    pkt = IPv6(src=src, dst=dst) / UDP(sport=sport, dport=dport, chksum=0) / Raw(b"\0\0")
+    partial = ~in6_chksum(17, pkt, bytes(pkt[UDP])) & 0xFFFF  # the sum without the payload word
+    word = 0xFFFF - partial
+    return word.to_bytes(2, "big")
+
+
+def test_masquerade_udp_zero_checksum_sent_as_ffff():
+    """RFC 8200: a UDP checksum that computes to 0 is sent as 0xffff (0 means 'none', invalid in IPv6)."""
+    core = masq_core()
+    data = udp_payload_summing_to_zero(A_ADDR, MASQ_HOST, 4444, 5001)
+    raw = buf(IPv6(src=A_ADDR, dst=A_114) / UDP(sport=4444, dport=5001) / Raw(data))
+    assert core.from_udp(raw, A, NOW)[0] == TUN
+    assert IPv6(bytes(raw)).dst == MASQ_HOST
+    assert bytes(raw[46:48]) == b"\xff\xff"
+    assert checksum_ok(raw)
+
+    data = udp_payload_summing_to_zero(A_114, A_ADDR, 5001, 4444)
+    back = buf(IPv6(src=MASQ_HOST, dst=A_ADDR) / UDP(sport=5001, dport=4444) / Raw(data))
+    assert core.from_tun(back) == (SEND, None, A)
+    assert IPv6(bytes(back)).src == A_114
+    assert bytes(back[46:48]) == b"\xff\xff"
+    assert checksum_ok(back)
