@@ -273,7 +273,10 @@ def test_rs_rate_limited_per_source(core):
         assert core.from_udp(c_peer_rs(), A, NOW)[0] == REPLY
     assert core.from_udp(c_peer_rs(), A, NOW)[0] == DROP
     only_drop(core, "rate_limited")
-    assert core.from_udp(c_peer_rs(), B, NOW)[0] == REPLY  # another source is not affected
+    # another source is not affected (pick one that does not share A's hash slot)
+    other = next(o for o in [B, ("203.0.113.10", 1), ("203.0.113.11", 2)]
+                 if hash(o) % core._ra_limit.slots != hash(A) % core._ra_limit.slots)
+    assert core.from_udp(c_peer_rs(), other, NOW)[0] == REPLY
     assert core.from_udp(c_peer_rs(), A, NOW + 5)[0] == REPLY  # tokens come back
 
 
@@ -869,3 +872,26 @@ def test_masquerade_udp_zero_checksum_sent_as_ffff():
     assert IPv6(bytes(back)).src == A_114
     assert bytes(back[46:48]) == b"\xff\xff"
     assert checksum_ok(back)
+
+
+# --- rate limiters (caller-supplied time) -----------------------------------------------------
+
+
+def test_token_bucket():
+    from sixbed4.core.ratelimit import TokenBucket
+
+    bucket = TokenBucket(rate=2.0, burst=3.0)
+    assert [bucket.allow(100.0) for _ in range(4)] == [True, True, True, False]
+    assert bucket.allow(100.4) is False  # 0.8 tokens
+    assert bucket.allow(100.5) is True  # 1.0 token
+    assert [bucket.allow(1000.0) for _ in range(4)] == [True, True, True, False]  # refill capped at the burst
+
+
+def test_keyed_limiter_per_key_and_total():
+    from sixbed4.core.ratelimit import KeyedLimiter
+
+    limiter = KeyedLimiter(rate=1.0, burst=2.0, total_rate=1.0, total_burst=3.0)  # int keys: distinct slots
+    assert [limiter.allow(1, 10.0) for _ in range(3)] == [True, True, False]
+    assert limiter.allow(2, 10.0) is True
+    assert limiter.allow(3, 10.0) is False  # the global bucket is empty
+    assert limiter.allow(3, 11.0) is True
