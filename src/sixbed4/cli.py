@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on-link: the upstream treats the /64 as on-link and the router answers ND for it "
                         "(proxy ND); routed: the upstream routes the /64 to the VM (default: %(default)s)")
     p.set_defaults(func=cmd_demo)
+
+    from .hostsetup import cli as hostsetup_cli  # host-setup, proxy-nd
+
+    hostsetup_cli.add_parsers(commands)
     return parser
 
 

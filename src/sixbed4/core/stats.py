@@ -36,6 +36,14 @@ DROP_REASONS: dict[str, str] = {
     "tun_port0": "destination with port 0 (the host's own addresses)",
     "tun_forbidden": "destination encodes a forbidden IPv4 address",
     "tun_to_self": "destination is the router's own address",
+    # the proxy Neighbor Discovery responder on the uplink (6bed4 proxy-nd, 6bed4router --proxy-nd)
+    "proxy_not_ns": "frame on the uplink that is not an IPv6 Neighbor Solicitation",
+    "proxy_other_host": "Neighbor Solicitation sent to another host's MAC address",
+    "proxy_bad_dst": "Neighbor Solicitation to neither the target nor its solicited-node group",
+    "proxy_not_ours": "Neighbor Solicitation for a target outside the served /64",
+    "proxy_kernel_answers": "Neighbor Solicitation for an address on the uplink (the kernel answers)",
+    "proxy_port0": "Neighbor Solicitation for a port-0 address that is not the host's",
+    "proxy_forbidden": "Neighbor Solicitation for a 6bed4 address with a non-unicast IPv4 address",
     # IO
     "send_error": "the kernel refused to send (buffer full, unreachable)",
 }

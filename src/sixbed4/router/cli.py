@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tun-name", default="6bed4", help="name of the TUN device to create (default: %(default)s)")
     p.add_argument("--no-prefix-route", action="store_true",
                    help="do not route the served /64 into the TUN device (you route it yourself)")
+    p.add_argument("--proxy-nd", metavar="IF",
+                   help="answer Neighbor Solicitations on this uplink for the 6bed4 addresses of the /64 and the "
+                        "host's own addresses moved off it (when the upstream treats the /64 as on-link)")
     group = p.add_argument_group("masquerading (as the C router)")
     group.add_argument("-m", "--masqhost", metavar="IPV6", action=_Ordered, dest="host",
                        help="host that masqueraded ports go to")
@@ -131,6 +134,7 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
         tun_name=args.tundev or args.tun_name,
         create_tun=args.tundev is None,
         prefix_route=not args.no_prefix_route,
+        proxy_nd=args.proxy_nd,
         metrics=args.metrics,
         user=args.user,
     )

@@ -31,6 +31,7 @@ class RouterSettings:
     prefix_route: bool = True
     metrics: tuple[str, int] | None = None
     user: str | None = None
+    proxy_nd: str | None = None  # uplink on which to answer Neighbor Solicitations for the /64
 
 
 def configure_tun(setup: netlink.InterfaceSetup, config: RouterConfig, prefix_route: bool) -> None:
@@ -79,6 +80,25 @@ def _forwarding_enabled() -> bool:
         return False
 
 
+def _start_proxy_nd(uplink: str, config: RouterConfig, cleanup: contextlib.ExitStack):
+    """The proxy ND responder in a daemon thread of its own (its socket is not the datapath's)."""
+    from ..hostsetup.proxy import ProxyError, ProxyResponder
+
+    try:
+        responder = ProxyResponder(uplink, config.prefix)
+        responder.open()
+    except ProxyError as exc:
+        return f"--proxy-nd {uplink}: {exc.strerror or exc}"
+    responder.start_thread()
+
+    def stop() -> None:
+        responder.close()
+        log.info("proxy ND counters: %s", responder.summary())
+
+    cleanup.callback(stop)
+    return responder
+
+
 def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
     config = settings.config
     with contextlib.ExitStack() as cleanup:
@@ -95,6 +115,11 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
             return cliutil.fail(prog, exc.strerror or str(exc))
         except PermissionError as exc:
             return cliutil.fail(prog, f"{exc.filename}: permission denied (run as root or with CAP_NET_ADMIN)")
+
+        if settings.proxy_nd:
+            proxy = _start_proxy_nd(settings.proxy_nd, config, cleanup)
+            if isinstance(proxy, str):
+                return cliutil.fail(prog, proxy)
 
         core = RouterCore(config)
         prefix_text = addr.format_address(config.prefix + bytes(8))
