@@ -220,3 +220,15 @@ def test_solicited_node_and_mac_helpers():
     assert proxynd.multicast_mac(v6("ff02::1:ff34:5678")) == bytes.fromhex("3333ff345678")
     with pytest.raises(ValueError):
         proxynd.parse_mac("aa:bb")
+
+
+def test_if_inet6_parsing(tmp_path):
+    from sixbed4.hostsetup.proxy import read_if_inet6
+
+    table = tmp_path / "if_inet6"
+    table.write_text(
+        "20010db8000900100000000000000011 01 80 00 80       lo\n"
+        "fe80000000000000aabbccfffe001122 02 40 20 80     eth0\n"
+        "garbage\n"
+    )
+    assert read_if_inet6(str(table)) == [(v6(OWN), "lo", 0), (v6(LINK_LOCAL), "eth0", 0x20)]
