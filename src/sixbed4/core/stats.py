@@ -44,6 +44,15 @@ DROP_REASONS: dict[str, str] = {
     "proxy_kernel_answers": "Neighbor Solicitation for an address on the uplink (the kernel answers)",
     "proxy_port0": "Neighbor Solicitation for a port-0 address that is not the host's",
     "proxy_forbidden": "Neighbor Solicitation for a 6bed4 address with a non-unicast IPv4 address",
+    # the peer (6bed4peer)
+    "not_from_router": "datagram from another IPv4:port than the router's (direct peering is not done)",
+    "ra_bad_source": "Router Advertisement not from fe80::",
+    "ra_bad_prefix": "Router Advertisement with an autoconfiguration prefix that is not a usable /114",
+    "ra_no_prefix": "Router Advertisement without an autoconfiguration prefix",
+    "peer_nd_unexpected": "Neighbor Discovery other than a Router Advertisement sent to the peer",
+    "peer_no_address": "packet from the router before an RA gave the peer its address",
+    "peer_not_for_us": "packet from the router for a destination outside the peer's /114",
+    "tun_bad_source": "packet from the kernel with a source outside the peer's /114 (or no address yet)",
     # IO
     "send_error": "the kernel refused to send (buffer full, unreachable)",
 }

@@ -106,6 +106,30 @@ class InterfaceSetup:
             return
         self._undo.append(("route", ("del",), spec))
 
+    def _forget(self, kind: str, kwargs: dict) -> bool:
+        """Drop the undo entry of a change taken back early; False if it was not ours."""
+        for index in range(len(self._undo) - 1, -1, -1):
+            if self._undo[index][0] == kind and self._undo[index][2] == kwargs:
+                del self._undo[index]
+                return True
+        return False
+
+    def remove_address(self, address: str, prefixlen: int) -> None:
+        """Remove an address that add_address() added (others are left alone)."""
+        spec = dict(index=self.index, address=address, prefixlen=prefixlen)
+        if self._forget("addr", spec):
+            self._call(f"removing address {address}/{prefixlen}", "addr", "del", **spec)
+
+    def remove_route(self, prefix: str, prefixlen: int, **extra) -> None:
+        """Remove a route that add_route() added with the same arguments (others are left alone)."""
+        spec = dict(dst=prefix, dst_len=prefixlen, oif=self.index, family=AF_INET6, **extra)
+        if self._forget("route", spec):
+            try:
+                self.ipr.route("del", **spec)
+            except NetlinkError as exc:
+                if exc.code not in (errno.ESRCH, errno.ENOENT):
+                    raise NetlinkSetupError(exc.code, f"removing route {prefix}/{prefixlen} via {self.ifname}: {exc}") from None
+
     def undo(self) -> None:
         """Take back every recorded change, newest first; never raises."""
         while self._undo:

@@ -1,0 +1,113 @@
+"""`6bed4peer`: the command line, compatible with the C peer's options."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .. import cliutil
+from ..core import addr
+from ..core.peer import DEFAULT_KEEPALIVE, DEFAULT_KEEPALIVE_TTL, PeerConfig
+from .daemon import PeerSettings, run_peer
+
+DESCRIPTION = """\
+6bed4 peer: IPv6 for a host (or a home network's gateway) that has only IPv4,
+maybe behind NAT.  It asks the 6bed4 router named by -s for a /114 prefix,
+configures prefix + 1 on the TUN device 6bed4 and carries IPv6 as UDP payload
+to and from the router.  It runs in the foreground and logs to stderr.
+"""
+
+EPILOG = """\
+extension hook (-x SCRIPT): called as `SCRIPT PID add-range-offer START END` (the
+addresses of the /114 the peer may hand on, lanids 2..0x3fff),
+`SCRIPT PID add-route-offer PREFIX LEN ROUTER` (each extra route the router
+announces; ROUTER is the router's address in the peer's /114) and
+`SCRIPT PID del-offers` (before new offers, and on exit).
+
+example: 6bed4peer -s 192.0.2.1 -r
+"""
+
+
+def parse_keepalive(text: str) -> tuple[float, int]:
+    """-k PERIOD[,TTL]: seconds between keepalives and their IP TTL."""
+    period_text, _, ttl_text = text.partition(",")
+    try:
+        period = float(period_text)
+        ttl = int(ttl_text) if ttl_text else DEFAULT_KEEPALIVE_TTL
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"keepalive {text!r}: use PERIOD[,TTL], e.g. 30,3") from None
+    if not 1 <= period <= 3600:
+        raise argparse.ArgumentTypeError(f"keepalive period {period_text} is out of range 1..3600 seconds")
+    if not 1 <= ttl <= 255:
+        raise argparse.ArgumentTypeError(f"keepalive TTL {ttl} is out of range 1..255")
+    return period, ttl
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = cliutil.Parser(
+        prog="6bed4peer",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-s", "--v4server", metavar="IPV4", help="the 6bed4 router's IPv4 address (required)")
+    p.add_argument("--router-port", metavar="PORT", type=cliutil.parse_port, default=addr.PORT_6BED4,
+                   help="the router's UDP port (default: %(default)s)")
+    p.add_argument("-p", "--port", type=cliutil.parse_port, help="local UDP port (default: a random one)")
+    p.add_argument("-l", "--v4listen", metavar="IPV4", default="0.0.0.0",
+                   help="local IPv4 address to bind (default: %(default)s)")
+    p.add_argument("-r", "--default-route", action="store_true",
+                   help="route all IPv6 through the router (default route via fe80::, metric 1042)")
+    p.add_argument("-k", "--keepalive", metavar="PERIOD[,TTL]", type=parse_keepalive,
+                   default=(DEFAULT_KEEPALIVE, DEFAULT_KEEPALIVE_TTL),
+                   help=f"keepalive every PERIOD seconds with IP TTL (default: {DEFAULT_KEEPALIVE:.0f},"
+                        f"{DEFAULT_KEEPALIVE_TTL}); also how often the peer re-solicits")
+    p.add_argument("-x", "--exthook", metavar="SCRIPT", help="extension hook script (see below)")
+    p.add_argument("-d", "--tundev", metavar="NAME",
+                   help="use this existing TUN device instead of creating '6bed4' (left in place on exit)")
+    p.add_argument("-f", "--foreground", action="store_true", help="accepted for compatibility: always in foreground")
+    p.add_argument("-e", "--log-stderr", action="store_true", help="accepted for compatibility: always logs to stderr")
+    cliutil.add_logging_option(p)
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> PeerSettings:
+    """Turn parsed options into settings; AddressError/UsageError name what is wrong."""
+    if not args.v4server:
+        raise cliutil.UsageError("no router given: use -s IPV4 (there is no public default router)")
+    server = addr.parse_ipv4(args.v4server, "-s")
+    if not addr.is_sendable_ipv4(server):
+        raise cliutil.UsageError(f"-s {args.v4server}: not a unicast IPv4 address")
+    addr.parse_ipv4(args.v4listen, "-l")
+    period, ttl = args.keepalive
+    config = PeerConfig(
+        router_ipv4=".".join(str(b) for b in server),
+        router_port=args.router_port,
+        keepalive=period,
+        keepalive_ttl=ttl,
+        default_route=args.default_route,
+    )
+    return PeerSettings(
+        config=config,
+        bind=(args.v4listen, args.port or 0),
+        tun_name=args.tundev or "6bed4",
+        create_tun=args.tundev is None,
+        hook=args.exthook,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = settings_from_args(args)
+    except (addr.AddressError, cliutil.UsageError) as exc:
+        return cliutil.fail(parser.prog, str(exc))
+    cliutil.setup_logging(args.log_level)
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its debug output is per netlink message
+    return run_peer(settings, parser.prog)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

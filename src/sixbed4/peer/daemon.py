@@ -1,0 +1,232 @@
+"""The peer daemon: TUN device, UDP socket, solicit, apply leases, pump, clean up.
+
+All decisions are in core.peer.PeerCore; this shell opens the devices, sends what
+the core's timer asks for, and applies lease changes with netlink and the
+extension hook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+from dataclasses import dataclass
+
+from .. import cliutil
+from ..core import addr
+from ..core.peer import Configure, Datagram, Lease, Notice, PeerConfig, PeerCore, Unconfigure
+from ..io import netlink
+from ..io.datapath import Datapath, DatapathError
+from ..io.tun import Tun, TunError
+from ..io.udp import UdpError, open_udp
+
+log = logging.getLogger("6bed4peer")
+
+TUN_MTU = 1280
+TICK = 0.2  # how often the core's timers run: also the delay before an RA takes effect
+DEFAULT_ROUTE_METRIC = 1042
+ROUTE_METRIC = 1052
+ROUTER_LINK_LOCAL = "fe80::"
+HOOK_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    config: PeerConfig
+    bind: tuple[str, int]
+    tun_name: str = "6bed4"
+    create_tun: bool = True
+    hook: str | None = None
+
+
+def configure_tun(setup: netlink.InterfaceSetup) -> None:
+    """No kernel addresses, DAD, autoconfiguration, RAs or forwarding on the 6bed4 device."""
+    setup.set_sysctl("addr_gen_mode", "1")
+    setup.set_sysctl("accept_dad", "0")
+    setup.set_sysctl("autoconf", "0")
+    setup.set_sysctl("accept_ra", "0")
+    setup.set_sysctl("forwarding", "0")
+    setup.link_up(TUN_MTU)
+
+
+class Hook:
+    """The extension hook: `script PID verb args...`, run to completion, failures logged."""
+
+    def __init__(self, script: str | None):
+        self.script = script
+        self.offered = False
+
+    def _run(self, *args: str) -> None:
+        if not self.script:
+            return
+        argv = [self.script, str(os.getpid()), *args]
+        try:
+            result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                    timeout=HOOK_TIMEOUT)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.error("hook %s: %s", " ".join(argv), exc)
+            return
+        if result.returncode != 0:
+            detail = (result.stderr or result.stdout).strip().splitlines()
+            log.warning("hook %s exited %d%s", " ".join(argv), result.returncode,
+                        f": {detail[-1]}" if detail else "")
+
+    def offer(self, lease: Lease) -> None:
+        start, end = lease.offer_range
+        self._run("add-range-offer", addr.format_address(start), addr.format_address(end))
+        router = addr.format_address(lease.router_address)
+        for prefix, length in lease.routes:
+            self._run("add-route-offer", addr.format_address(prefix), str(length), router)
+        self.offered = True
+
+    def withdraw(self) -> None:
+        self._run("del-offers")
+        self.offered = False
+
+
+class LeaseApplier:
+    """Puts a lease on the TUN device (address, routes) and takes it off again."""
+
+    def __init__(self, setup: netlink.InterfaceSetup, config: PeerConfig, hook: Hook):
+        self.setup = setup
+        self.config = config
+        self.hook = hook
+
+    def _routes(self, lease: Lease):
+        gateway = dict(gateway=ROUTER_LINK_LOCAL, priority=DEFAULT_ROUTE_METRIC)
+        if self.config.default_route:
+            yield "::", 0, gateway
+        # the rest of the /64 (other peers, the router host) is reached through the router too
+        yield addr.format_address(lease.prefix64), 64, gateway
+        for prefix, length in lease.routes:
+            yield addr.format_address(prefix), length, dict(gateway=ROUTER_LINK_LOCAL, priority=ROUTE_METRIC)
+
+    def apply(self, lease: Lease, old: Lease | None) -> None:
+        if old is not None:
+            self.remove(old, keep=lease)
+        self.setup.add_address(addr.format_address(lease.address), 128)
+        for prefix, length, extra in self._routes(lease):
+            self.setup.add_route(prefix, length, **extra)
+        self.hook.offer(lease)
+
+    def remove(self, old: Lease, keep: Lease | None = None) -> None:
+        if self.hook.offered:
+            self.hook.withdraw()
+        wanted = set() if keep is None else {(p, n) for p, n, _ in self._routes(keep)}
+        for prefix, length, extra in self._routes(old):
+            if (prefix, length) not in wanted:
+                self.setup.remove_route(prefix, length, **extra)
+        if keep is None or keep.address != old.address:
+            self.setup.remove_address(addr.format_address(old.address), 128)
+
+
+class Ticker:
+    """Runs the core's timers and carries out what they return."""
+
+    def __init__(self, core: PeerCore, sock: socket.socket, applier: LeaseApplier):
+        self.core = core
+        self.sock = sock
+        self.applier = applier
+        self.default_ttl = sock.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
+        self.router = core.config.router
+
+    def __call__(self, now: float) -> None:
+        for event in self.core.on_tick(now):
+            if isinstance(event, Datagram):
+                self.send(event)
+            elif isinstance(event, Configure):
+                self.configure(event)
+            elif isinstance(event, Unconfigure):
+                log.warning("the router withdrew %s; soliciting a new prefix", event.old.describe())
+                self.applied(lambda: self.applier.remove(event.old))
+            elif isinstance(event, Notice):
+                log.log(event.level, "%s", event.message)
+
+    def send(self, datagram: Datagram) -> None:
+        ttl = datagram.ttl
+        try:
+            if ttl is not None and ttl != self.default_ttl:
+                self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+                try:
+                    self.sock.sendto(datagram.data, self.router)
+                finally:
+                    self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, self.default_ttl)
+            else:
+                self.sock.sendto(datagram.data, self.router)
+        except OSError as exc:
+            self.core.counters.drop("send_error")
+            log.debug("sending %s to %s:%d: %s", datagram.kind, *self.router, exc.strerror)
+
+    def configure(self, event: Configure) -> None:
+        if event.old is None:
+            log.info("router %s:%d assigned %s", *self.router, event.lease.describe())
+        elif event.old.prefix114 != event.lease.prefix114:
+            log.warning("NAT mapping changed: %s replaces %s", addr.format_address(event.lease.address),
+                        addr.format_address(event.old.address))
+        else:
+            log.info("routes changed: %s", event.lease.describe())
+        self.applied(lambda: self.applier.apply(event.lease, event.old))
+
+    @staticmethod
+    def applied(change) -> None:
+        try:
+            change()
+        except netlink.NetlinkSetupError as exc:
+            log.error("%s", exc.strerror or exc)
+
+
+def run_peer(settings: PeerSettings, prog: str = "6bed4peer") -> int:
+    config = settings.config
+    with contextlib.ExitStack() as cleanup:
+        try:
+            try:
+                sock = open_udp(*settings.bind)
+            except UdpError as exc:
+                if exc.errno == 98:  # EADDRINUSE: the router's hint does not fit here
+                    raise UdpError(exc.errno, f"cannot bind UDP {settings.bind[0]}:{settings.bind[1]}: "
+                                              "address already in use (another 6bed4peer running?)") from None
+                raise
+            cleanup.callback(sock.close)
+            tun = Tun.open(settings.tun_name, create=settings.create_tun)
+            cleanup.callback(tun.close)
+            setup = netlink.InterfaceSetup(tun.name)
+            cleanup.callback(setup.close)
+            cleanup.callback(setup.undo)
+            configure_tun(setup)
+        except (UdpError, TunError, netlink.NetlinkSetupError) as exc:
+            return cliutil.fail(prog, exc.strerror or str(exc))
+        except PermissionError as exc:
+            return cliutil.fail(prog, f"{exc.filename}: permission denied (run as root or with CAP_NET_ADMIN)")
+
+        core = PeerCore(config)
+        hook = Hook(settings.hook)
+        applier = LeaseApplier(setup, config, hook)
+
+        cleanup.callback(hook.withdraw)  # del-offers first; then undo() removes addresses and routes
+        datapath = Datapath(sock, tun, core)
+        cleanup.callback(datapath.close)
+        local = sock.getsockname()
+        log.info("soliciting router %s:%d from UDP %s:%d via %s", *config.router, *local, tun.name)
+
+        def on_signal(signum, _frame):
+            log.info("%s received, shutting down", signal.Signals(signum).name)
+            datapath.stop()
+
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, on_signal)
+        ticker = Ticker(core, sock, applier)
+        try:
+            ticker(datapath.clock())  # the first RS now, not a tick later
+            datapath.run(on_tick=ticker, tick=TICK)
+        except DatapathError as exc:
+            log.error("datapath failed: %s", exc)
+            return 1
+        finally:
+            events = {"rs_sent": core.rs_sent, "ra_received": core.ra_received,
+                      "keepalives_sent": core.keepalives_sent, "readdressed": core.readdressed}
+            events.update((k, v) for k, v in core.counters.snapshot().items() if v)
+            log.info("counters: %s", " ".join(f"{k}={v}" for k, v in events.items()))
+        return 0
