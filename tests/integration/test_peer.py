@@ -1,0 +1,212 @@
+"""6bed4peer in network namespaces: behind NAT, against our router, with the real kernel."""
+
+from __future__ import annotations
+
+import ipaddress
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sixbed4.core import addr
+from tests.integration import topology
+from tests.netlab import Lab
+
+EXTRA_ROUTE = "2001:db8:77::/48"  # announced by the router with -R: an L=0 PIO
+KEEPALIVE = "5,3"
+
+
+@pytest.fixture(scope="module")
+def net():
+    with Lab("pe") as lab:
+        topo = topology.build(lab, ("cl1", "cl2"))
+        topo.start_router("-R", EXTRA_ROUTE)
+        yield topo
+
+
+@pytest.fixture
+def peers(net):
+    """Start peers; each is stopped (SIGTERM, then SIGKILL) after the test, pass or fail."""
+    started = []
+    counter = iter(range(1000))
+
+    def start(role: str, *extra: str, wait: bool = True):
+        ns = net.clients[role].ns
+        name = f"peer-{role}-{next(counter)}"
+        proc = net.lab.python(ns, "sixbed4.peer.cli", "-s", topology.ROUTER_V4, "-k", KEEPALIVE, *extra, name=name)
+        proc.name = name
+        started.append(proc)
+        if wait:
+            net.lab.wait_for(lambda: address(net.lab, ns) or proc.poll() is not None, 10, f"address of {role}")
+            assert proc.poll() is None, net.lab.log(name)
+        return proc
+
+    yield start
+    for proc in started:
+        Lab.stop(proc)
+
+
+def address(lab: Lab, ns: str) -> str | None:
+    out = lab.sh(ns, "ip -6 -o addr show dev 6bed4 scope global", check=False).stdout.split()
+    return out[3].split("/")[0] if len(out) > 3 else None
+
+
+def ping(lab: Lab, ns: str, target: str, count: int = 1, wait: int = 2) -> bool:
+    return lab.sh(ns, f"ping -6 -c {count} -W {wait} {target}", check=False).returncode == 0
+
+
+def nat_public_port(lab: Lab, nat_ns: str, local_port: int) -> int:
+    out = lab.sh(nat_ns, f"conntrack -L -p udp --orig-port-src {local_port} 2>/dev/null").stdout
+    ports = [f.split("=", 1)[1] for line in out.splitlines() for f in line.split() if f.startswith("dport=")]
+    assert ports, f"no conntrack entry for local port {local_port}: {out!r}"
+    return int(ports[-1])  # the reply direction's destination port is the mapped one
+
+
+def make_hook(tmp_path) -> tuple[str, object]:
+    record = tmp_path / "hook-calls"
+    script = tmp_path / "hook"
+    script.write_text(f"#!/bin/sh\necho \"$*\" >> {record}\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return str(script), record
+
+
+def calls(record) -> list[str]:
+    return record.read_text().splitlines() if record.exists() else []
+
+
+def lanid_address(address: str, lanid: int) -> str:
+    packed = bytearray(ipaddress.IPv6Address(address).packed)
+    packed[14] = (packed[14] & 0xC0) | (lanid >> 8)
+    packed[15] = lanid & 0xFF
+    return str(ipaddress.IPv6Address(bytes(packed)))
+
+
+# --- the tests -----------------------------------------------------------------------
+
+
+def test_peer_behind_nat_gets_its_public_mapping_and_traffic_flows(net, peers):
+    lab, client = net.lab, net.clients["cl1"]
+    proc = peers("cl1", "-r", "-p", "40001")
+    mine = address(lab, client.ns)
+    parts = addr.decode(ipaddress.IPv6Address(mine).packed)
+    assert parts.ipv4_text == client.public_v4 == "198.51.100.7"
+    assert parts.port == nat_public_port(lab, client.nat, 40001) and parts.lanid == 1
+    assert parts.prefix == ipaddress.IPv6Network(topology.PREFIX).network_address.packed[:8]
+
+    routes = lab.sh(client.ns, "ip -6 route show dev 6bed4").stdout
+    assert "default via fe80:: proto static metric 1042" in routes
+    assert f"{EXTRA_ROUTE} via fe80:: proto static metric 1052" in routes
+    assert "2001:db8:9:10::/64 via fe80::" in routes
+    sysctls = lab.sh(client.ns, "cd /proc/sys/net/ipv6/conf/6bed4 && "
+                                "cat addr_gen_mode accept_dad autoconf accept_ra forwarding mtu").stdout.split()
+    assert sysctls == ["1", "0", "0", "0", "0", "1280"]
+
+    assert ping(lab, client.ns, topology.INET6, count=2)
+    assert ping(lab, net.inet, mine, count=2)
+    assert ping(lab, client.ns, topology.HOST_SERVER)  # a port-0 address of the router host, via the /64
+
+    server = lab.start(net.inet, ["iperf3", "-s", "--forceflush", "-B", topology.INET6], "iperf3-server")
+    try:
+        lab.wait_for(lambda: "listening" in lab.log("iperf3-server").lower(), 5, "iperf3 server")
+        for direction in ([], ["-R"]):
+            run = lab.sh(client.ns, f"iperf3 -6 -c {topology.INET6} -t 2 {' '.join(direction)}", check=False,
+                         timeout=20)
+            assert run.returncode == 0 and "receiver" in run.stdout, run.stdout + run.stderr
+    finally:
+        Lab.stop(server)
+    assert proc.poll() is None
+
+
+def test_two_peers_behind_two_nats_reach_each_other(net, peers):
+    lab = net.lab
+    peers("cl1")
+    peers("cl2")
+    one, two = address(lab, net.clients["cl1"].ns), address(lab, net.clients["cl2"].ns)
+    assert addr.decode(ipaddress.IPv6Address(two).packed).ipv4_text == "203.0.113.9"
+    assert ping(lab, net.clients["cl1"].ns, two, count=2)
+    assert ping(lab, net.clients["cl2"].ns, one, count=2)
+
+
+def test_nat_rebinding_readdresses_and_traffic_flows_again(net, peers, tmp_path):
+    lab, client = net.lab, net.clients["cl1"]
+    hook, record = make_hook(tmp_path)
+    proc = peers("cl1", "-r", "-x", hook)
+    old = address(lab, client.ns)
+    assert ping(lab, client.ns, topology.INET6)
+
+    lab.sh(client.nat, "conntrack -F 2>/dev/null")
+    flushed = time.monotonic()
+    new = lab.wait_for(lambda: (a := address(lab, client.ns)) != old and a, 5 + 5, "a new address")
+    assert time.monotonic() - flushed <= 10
+    assert addr.decode(ipaddress.IPv6Address(new).packed).port != addr.decode(ipaddress.IPv6Address(old).packed).port
+    lab.wait_for(lambda: ping(lab, client.ns, topology.INET6, wait=1), 5, "ping after rebinding")
+    assert ping(lab, net.inet, new)
+    assert lab.sh(client.ns, "ip -6 -o addr show dev 6bed4 scope global").stdout.count("inet6") == 1
+    assert "NAT mapping changed" in lab.log(proc.name)
+
+    pid = str(proc.pid)
+    expected_offers = lambda a: [  # noqa: E731
+        f"{pid} add-range-offer {lanid_address(a, 2)} {lanid_address(a, 0x3FFF)}",
+        f"{pid} add-route-offer 2001:db8:77:: 48 {lanid_address(a, 0)}",
+    ]
+    assert calls(record) == [*expected_offers(old), f"{pid} del-offers", *expected_offers(new)]
+
+
+def test_router_restart_keeps_address_and_ping_resumes(net, peers):
+    lab, client = net.lab, net.clients["cl1"]
+    peers("cl1", "-r")
+    before = address(lab, client.ns)
+    assert ping(lab, client.ns, topology.INET6)
+    assert Lab.stop(net.router_proc) == 0
+    assert not ping(lab, client.ns, topology.INET6, wait=1)
+    net.start_router("-R", EXTRA_ROUTE, name=f"router-{time.monotonic_ns()}")
+    restarted = time.monotonic()
+    lab.wait_for(lambda: ping(lab, client.ns, topology.INET6, wait=1), 2, "ping after router restart")
+    assert time.monotonic() - restarted <= 2
+    assert address(lab, client.ns) == before
+
+
+def test_hook_calls_sigterm_cleanup_and_second_instance(net, peers, tmp_path):
+    lab, client = net.lab, net.clients["cl2"]
+    hook, record = make_hook(tmp_path)
+    proc = peers("cl2", "-x", hook)
+    mine = address(lab, client.ns)
+    pid = str(proc.pid)
+    lab.wait_for(lambda: len(calls(record)) >= 2, 5, "hook calls")
+    assert calls(record) == [
+        f"{pid} add-range-offer {lanid_address(mine, 2)} {lanid_address(mine, 0x3FFF)}",
+        f"{pid} add-route-offer 2001:db8:77:: 48 {lanid_address(mine, 0)}",
+    ]
+    routes = lab.sh(client.ns, "ip -6 route show dev 6bed4").stdout
+    assert "default" not in routes and "2001:db8:9:10::/64 via fe80::" in routes  # no -r: the /64 only
+
+    second = lab.python(client.ns, "sixbed4.peer.cli", "-s", topology.ROUTER_V4, name="second")
+    assert second.wait(10) == 2
+    message = lab.log("second").strip()
+    assert len(message.splitlines()) == 1
+    assert "cannot create TUN device 6bed4" in message and "exists already" in message
+
+    assert Lab.stop(proc, signal.SIGTERM) == 0
+    assert not lab.has_link(client.ns, "6bed4")
+    assert "2001:db8:77::" not in lab.sh(client.ns, "ip -6 route").stdout
+    assert calls(record)[-1] == f"{pid} del-offers" and len(calls(record)) == 3
+    assert "SIGTERM received" in lab.log(proc.name)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_int_and_hup_also_clean_up(net, peers, sig):
+    proc = peers("cl1")
+    assert Lab.stop(proc, sig) == 0
+    assert not net.lab.has_link(net.clients["cl1"].ns, "6bed4")
+
+
+def test_usage_errors_are_one_line_exit_2():
+    for args, text in (([], "no router given: use -s"), (["-s", "1.2.3"], "-s '1.2.3'"),
+                       (["-s", "224.0.0.1"], "not a unicast"), (["-s", "192.0.2.1", "-k", "5,0"], "TTL")):
+        result = subprocess.run([sys.executable, "-m", "sixbed4.peer.cli", *args], capture_output=True, text=True)
+        assert result.returncode == 2, args
+        assert len(result.stderr.strip().splitlines()) == 1 and text in result.stderr, result.stderr
+        assert result.stderr.startswith("6bed4peer: ")
