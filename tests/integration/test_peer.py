@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -120,14 +121,21 @@ def test_peer_behind_nat_gets_its_public_mapping_and_traffic_flows(net, peers):
     assert proc.poll() is None
 
 
-def test_two_peers_behind_two_nats_reach_each_other(net, peers):
+def test_two_peers_behind_two_nats_reach_each_other(net, peers, tmp_path):
     lab = net.lab
     peers("cl1")
-    peers("cl2")
+    settings = tmp_path / "peer.toml"  # the second peer is configured by file, as under systemd
+    settings.write_text('v4server = "192.0.2.1"\nkeepalive = "5,3"\nmetrics = "127.0.0.1:9641"\n')
+    peers("cl2", "--config", str(settings))
     one, two = address(lab, net.clients["cl1"].ns), address(lab, net.clients["cl2"].ns)
     assert addr.decode(ipaddress.IPv6Address(two).packed).ipv4_text == "203.0.113.9"
     assert ping(lab, net.clients["cl1"].ns, two, count=2)
     assert ping(lab, net.clients["cl2"].ns, one, count=2)
+
+    fetch = f"{sys.executable} -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:9641/metrics\").read().decode())'"
+    metrics = lab.sh(net.clients["cl2"].ns, fetch).stdout
+    assert f'address="{two}"' in metrics and "sixbed4_peer_address_assigned 1.0" in metrics
+    assert 'sixbed4_peer_drops_total{reason="not_from_router"}' in metrics
 
 
 def test_nat_rebinding_readdresses_and_traffic_flows_again(net, peers, tmp_path):
@@ -210,3 +218,29 @@ def test_usage_errors_are_one_line_exit_2():
         assert result.returncode == 2, args
         assert len(result.stderr.strip().splitlines()) == 1 and text in result.stderr, result.stderr
         assert result.stderr.startswith("6bed4peer: ")
+
+
+def test_keepalive_uses_its_ttl_and_the_socket_keeps_its_default():
+    """The daemon's sender, on loopback: the keepalive leaves with TTL 3, an RS after it with the default."""
+    from sixbed4.core.peer import Datagram, PeerConfig, PeerCore
+    from sixbed4.peer.daemon import Ticker
+
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        receiver.bind(("127.0.0.1", 0))
+        receiver.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_RECVTTL", 12), 1)  # Linux value
+        receiver.settimeout(2)
+        core = PeerCore(PeerConfig("127.0.0.1", receiver.getsockname()[1], keepalive=5, keepalive_ttl=3))
+        ticker = Ticker(core, sender, applier=None)
+        ttls = []
+        for datagram in (Datagram(b"", 3, "keepalive"), Datagram(b"rs", None, "rs")):
+            ticker.send(datagram)
+            data, ancillary, _, _ = receiver.recvmsg(100, socket.CMSG_SPACE(4))
+            (level, kind, value), = ancillary
+            assert (level, kind) == (socket.IPPROTO_IP, socket.IP_TTL)
+            ttls.append((data, int.from_bytes(value, sys.byteorder)))
+        assert ttls == [(b"", 3), (b"rs", 64)]
+    finally:
+        receiver.close()
+        sender.close()

@@ -6,9 +6,10 @@ import argparse
 import logging
 import sys
 
-from .. import cliutil
+from .. import cliutil, config
 from ..core import addr
 from ..core.peer import DEFAULT_KEEPALIVE, DEFAULT_KEEPALIVE_TTL, PeerConfig
+from ..io.metrics import parse_listen
 from .daemon import PeerSettings, run_peer
 
 DESCRIPTION = """\
@@ -68,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use this existing TUN device instead of creating '6bed4' (left in place on exit)")
     p.add_argument("-f", "--foreground", action="store_true", help="accepted for compatibility: always in foreground")
     p.add_argument("-e", "--log-stderr", action="store_true", help="accepted for compatibility: always logs to stderr")
-    cliutil.add_logging_option(p)
+    ops = p.add_argument_group("operations")
+    ops.add_argument("--metrics", metavar="HOST:PORT", type=parse_listen,
+                     help="serve Prometheus metrics over HTTP, e.g. 127.0.0.1:9641")
+    config.add_config_option(ops)
+    cliutil.add_logging_option(ops)
     return p
 
 
@@ -94,13 +99,14 @@ def settings_from_args(args: argparse.Namespace) -> PeerSettings:
         tun_name=args.tundev or "6bed4",
         create_tun=args.tundev is None,
         hook=args.exthook,
+        metrics=args.metrics,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        args = config.parse_with_config(parser, sys.argv[1:] if argv is None else argv)
         settings = settings_from_args(args)
     except (addr.AddressError, cliutil.UsageError) as exc:
         return cliutil.fail(parser.prog, str(exc))

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from .. import cliutil
 from ..core import addr
 from ..core.peer import Configure, Datagram, Lease, Notice, PeerConfig, PeerCore, Unconfigure
-from ..io import netlink
+from ..io import netlink, service
 from ..io.datapath import Datapath, DatapathError
+from ..io.metrics import CountersCollector, serve_metrics
 from ..io.tun import Tun, TunError
 from ..io.udp import UdpError, open_udp
 
@@ -40,6 +41,7 @@ class PeerSettings:
     tun_name: str = "6bed4"
     create_tun: bool = True
     hook: str | None = None
+    metrics: tuple[str, int] | None = None
 
 
 def configure_tun(setup: netlink.InterfaceSetup) -> None:
@@ -205,6 +207,19 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer") -> int:
         hook = Hook(settings.hook)
         applier = LeaseApplier(setup, config, hook)
 
+        if settings.metrics:
+            def info() -> dict[str, str]:
+                lease = core.lease
+                return {"router": "%s:%d" % config.router,
+                        "address": addr.format_address(lease.address) if lease else ""}
+
+            collector = CountersCollector("sixbed4_peer", core.counters, info)
+            try:
+                server, _ = serve_metrics(settings.metrics, collector)
+            except OSError as exc:
+                return cliutil.fail(prog, "metrics on %s:%d: %s" % (*settings.metrics, exc.strerror))
+            cleanup.callback(server.shutdown)
+            log.info("metrics on http://%s:%d/metrics", *settings.metrics)
         cleanup.callback(hook.withdraw)  # del-offers first; then undo() removes addresses and routes
         datapath = Datapath(sock, tun, core)
         cleanup.callback(datapath.close)
@@ -218,6 +233,7 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer") -> int:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, on_signal)
         ticker = Ticker(core, sock, applier)
+        service.notify("READY=1")
         try:
             ticker(datapath.clock())  # the first RS now, not a tick later
             datapath.run(on_tick=ticker, tick=TICK)
