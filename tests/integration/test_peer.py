@@ -244,3 +244,24 @@ def test_keepalive_uses_its_ttl_and_the_socket_keeps_its_default():
     finally:
         receiver.close()
         sender.close()
+
+
+def test_existing_tun_device_is_used_and_left_in_place(net, peers):
+    lab, ns = net.lab, net.clients["cl1"].ns
+    lab.sh(ns, "ip tuntap add dev tunx mode tun")
+    try:
+        proc = peers("cl1", "-d", "tunx", wait=False)
+        mine = lab.wait_for(
+            lambda: lab.sh(ns, "ip -6 -o addr show dev tunx scope global").stdout.split()[3:4], 10, "address on tunx"
+        )[0].split("/")[0]
+        assert mine.endswith(":8001") and not lab.has_link(ns, "6bed4")
+        assert ping(lab, ns, topology.INET6) is False  # no -r: only the /64 and the -R route go through the tunnel
+        assert ping(lab, ns, topology.HOST_SERVER)
+        assert Lab.stop(proc) == 0
+        assert lab.has_link(ns, "tunx")
+        assert lab.sh(ns, "ip -6 -o addr show dev tunx scope global").stdout == ""
+        routes = lab.sh(ns, "ip -6 route show dev tunx").stdout  # the kernel's own fe80::/64 may stay
+        assert "via fe80::" not in routes and "2001:db8" not in routes, routes
+        assert lab.sh(ns, "cat /proc/sys/net/ipv6/conf/tunx/accept_ra").stdout.strip() == "1"  # restored
+    finally:
+        lab.sh(ns, "ip link del tunx", check=False)
