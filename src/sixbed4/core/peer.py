@@ -306,17 +306,11 @@ class PeerCore:
                 out.append(Datagram(b"", config.keepalive_ttl, "keepalive"))
                 self.keepalives_sent += 1
                 self._next_keepalive = now + config.keepalive
-            silent = now - (self._last_ra if self._last_ra is not None else now)
+            silent = now - self._last_ra  # set whenever there is a lease
             if not self._silence_reported and silent > SILENCE_PERIODS * config.keepalive:
                 self._silence_reported = True
                 out.append(Notice(logging.WARNING, f"the router has not answered solicitations for {silent:.0f}s; "
                                                    "keeping the address and trying on"))
-        return out
-
-    def take_pending(self) -> list:
-        """Events queued by from_udp() (without running the timers)."""
-        out = self._pending
-        self._pending = []
         return out
 
 

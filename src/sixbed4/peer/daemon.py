@@ -8,6 +8,7 @@ extension hook.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -187,7 +188,7 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer") -> int:
             try:
                 sock = open_udp(*settings.bind)
             except UdpError as exc:
-                if exc.errno == 98:  # EADDRINUSE: the router's hint does not fit here
+                if exc.errno == errno.EADDRINUSE:  # the router's hint does not fit here
                     raise UdpError(exc.errno, f"cannot bind UDP {settings.bind[0]}:{settings.bind[1]}: "
                                               "address already in use (another 6bed4peer running?)") from None
                 raise
