@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import shutil
 import signal
@@ -88,10 +89,10 @@ def ping(lab: Lab, ns: str, address: str) -> tuple[bool, str]:
 
 def print_matrix(cells: list[Cell], sources: list[str], targets: list[str], out=sys.stdout) -> None:
     table = {(c.source, c.target): c for c in cells}
-    width = max(len(t) for t in targets) + 2
+    width = max(len("pass 999.99 ms"), *(len(t) for t in targets)) + 2
     first = max(len(s) for s in sources) + 2
     out.write("\nconnectivity (ping -6, average RTT)\n")
-    out.write(" " * first + "".join(t.ljust(width) for t in targets) + "\n")
+    out.write((" " * first + "".join(t.ljust(width) for t in targets)).rstrip() + "\n")
     for source in sources:
         row = source.ljust(first)
         for target in targets:
@@ -112,8 +113,13 @@ def main(argv_prog: str, keep: bool, upstream: str, python: str) -> int:
     if stale:
         progress.step(f"removed {len(stale)} namespaces left by an earlier run")
     lab = Lab(TAG)
+    demo_pid = os.getpid()
 
     def on_signal(signum, _frame):
+        # pyroute2 forks helpers (IPRoute(netns=...)) and stops them with SIGTERM: they inherit
+        # this handler, and must die quietly instead of tearing the lab down from the child.
+        if os.getpid() != demo_pid:
+            os._exit(128 + signum)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
