@@ -35,7 +35,8 @@ def _options(parser: argparse.ArgumentParser, headings: bool = True) -> list[str
         if not actions:
             continue
         if headings:
-            out.append(f".SS {_escape(group.title.capitalize() if group.title else 'Options')}")
+            title = group.title or "options"
+            out.append(f".SS {_escape(title[0].upper() + title[1:])}")
         for action in actions:
             if action.option_strings:
                 metavar = action.metavar or (action.dest.upper() if action.nargs != 0 else "")
@@ -89,8 +90,9 @@ def pages() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = argparse.ArgumentParser(description="write the man pages").parse_known_args(argv)[1]
-    target = Path(args[0] if args else "man")
+    parser = argparse.ArgumentParser(prog="python -m sixbed4.manpage", description="write the man pages")
+    parser.add_argument("directory", nargs="?", default="man", type=Path, help="where to write them (default: man)")
+    target = parser.parse_args(argv).directory
     target.mkdir(parents=True, exist_ok=True)
     for filename, text in pages().items():
         (target / filename).write_text(text)

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=cliutil.parse_port, default=addr.PORT_6BED4,
                    help="public UDP port (default: %(default)s)")
     p.add_argument("--bind", metavar="IPV4", help="bind this address instead of -l (e.g. 0.0.0.0 behind 1:1 NAT)")
-    p.add_argument("--tun-name", default="6bed4", help="name of the TUN device to create (default: %(default)s)")
+    p.add_argument("--tun-name", default="6bed4", metavar="NAME", help="name of the TUN device to create (default: %(default)s)")
     p.add_argument("--no-prefix-route", action="store_true",
                    help="do not route the served /64 into the TUN device (you route it yourself)")
     p.add_argument("--proxy-nd", metavar="IF",
