@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/fuzz.py [--inputs 1000000] [--seed N]
 
-Feeds the router core (and the peer core, if present) with a mix of valid
+Feeds the router core and the peer core with a mix of valid
 packets of every kind, mutations of them (bit flips, truncation, extension,
 length-field lies, option lengths 0 and huge, every ICMPv6 type, bad
 checksums) and pure random bytes, from random origins.  Any exception is a
@@ -14,22 +14,25 @@ packet must still be forwarded.  Prints counts per outcome and drop reason.
 from __future__ import annotations
 
 import argparse
-import importlib
 import random
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from sixbed4.core import addr, icmp6  # noqa: E402
-from sixbed4.core.router import SEND, TUN, RouterConfig, RouterCore  # noqa: E402
+from sixbed4.core.peer import PeerConfig, PeerCore  # noqa: E402
+from sixbed4.core.router import DROP, REPLY, SEND, TUN, RouterConfig, RouterCore  # noqa: E402
 
 PREFIX = bytes.fromhex("20010db800090010")
 ROUTER_V4 = bytes((192, 0, 2, 1))
 PEER = ("198.51.100.7", 40000)
+ROUTER = ("192.0.2.1", 25790)
 PEER_ADDR = addr.encode(PREFIX, bytes((198, 51, 100, 7)), 40000, 1)
+PEER_PREFIX114 = PEER_ADDR[:14] + bytes((PEER_ADDR[14] & 0xC0, 0))
 OTHER_ADDR = addr.encode(PREFIX, bytes((203, 0, 113, 9)), 5000, 1)
 NATIVE = bytes.fromhex("20010db8ffff") + bytes(9) + b"\x02"
 
@@ -43,7 +46,7 @@ def seeds() -> list[bytes]:
     packets = [
         icmp6.router_solicit(), rs_c,
         icmp6.neighbor_solicit(PEER_ADDR, router_addr, router_addr, addr.lladdr(bytes((198, 51, 100, 7)), 40000)),
-        icmp6.router_advert(icmp6.ALL_NODES, [icmp6.PrefixInfo(PEER_ADDR[:14] + bytes(2), 114)]),
+        icmp6.router_advert(icmp6.ALL_NODES, [icmp6.PrefixInfo(PEER_PREFIX114, 114)]),
         icmp6.neighbor_advert(PEER_ADDR, router_addr, PEER_ADDR, 0xE0, bytes(6)),
         echo(PEER_ADDR, NATIVE), echo(PEER_ADDR, OTHER_ADDR), echo(PEER_ADDR, PEER_ADDR[:15] + b"\x00"),
         echo(NATIVE, PEER_ADDR), echo(PEER_ADDR, icmp6.ALL_NODES),
@@ -79,21 +82,38 @@ def mutate(rng: random.Random, packet: bytes) -> bytes:
     return bytes(data)
 
 
-def random_origin(rng: random.Random) -> tuple[str, int]:
+def random_origin(rng: random.Random, usual: tuple[str, int]) -> tuple[str, int]:
     if rng.random() < 0.7:
-        return PEER
+        return usual
     return (".".join(str(rng.randrange(256)) for _ in range(4)), rng.randrange(65536))
 
 
-def cores():
-    yield "router", RouterCore(RouterConfig(PREFIX, ROUTER_V4))
-    try:
-        peer_module = importlib.import_module("sixbed4.core.peer")
-    except ImportError:
-        return
-    make = getattr(peer_module, "fuzz_target", None)
-    if make is not None:
-        yield "peer", make()
+@dataclass
+class Target:
+    """A core under fuzz, the origin most inputs come from, and a packet it must still forward.
+
+    `setup` comes first from `origin` before each check: a mutated RA that is still valid
+    legitimately moves the peer to another /114, and the real router's next RA moves it back.
+    """
+
+    name: str
+    core: object
+    origin: tuple[str, int]
+    good: bytes
+    setup: bytes = b""
+
+
+def targets() -> list[Target]:
+    good_out = icmp6.icmp6_packet(PEER_ADDR, NATIVE, icmp6.ECHO_REQUEST, 0, b"\x00\x01\x00\x01good")
+    good_in = icmp6.icmp6_packet(NATIVE, PEER_ADDR, icmp6.ECHO_REQUEST, 0, b"\x00\x01\x00\x01good")
+    peer = PeerCore(PeerConfig(*ROUTER))
+    peer.on_tick(0.0)  # the first RS
+    lease = icmp6.router_advert(icmp6.ALL_NODES, [icmp6.PrefixInfo(PEER_PREFIX114, 114)])
+    assert peer.from_udp(bytearray(lease), ROUTER, 0.0)[0] == DROP and peer.lease is not None
+    return [
+        Target("router", RouterCore(RouterConfig(PREFIX, ROUTER_V4)), PEER, good_out),
+        Target("peer", peer, ROUTER, good_in, setup=lease),
+    ]
 
 
 def main() -> int:
@@ -103,9 +123,9 @@ def main() -> int:
     args = parser.parse_args()
     rng = random.Random(args.seed)
     base = seeds()
-    good = icmp6.icmp6_packet(PEER_ADDR, NATIVE, icmp6.ECHO_REQUEST, 0, b"\x00\x01\x00\x01good")
     failures = 0
-    for name, core in cores():
+    for target in targets():
+        name, core = target.name, target.core
         outcomes: Counter = Counter()
         start = time.monotonic()
         for i in range(args.inputs):
@@ -113,23 +133,25 @@ def main() -> int:
             now = i / 1000.0
             try:
                 if rng.random() < 0.6:
-                    action = core.from_udp(bytearray(packet), random_origin(rng), now)
+                    action = core.from_udp(bytearray(packet), random_origin(rng, target.origin), now)
                 else:
                     action = core.from_tun(bytearray(packet))
                 outcomes[action[0]] += 1
+                if i % 1000 == 0 and name == "peer":
+                    core.on_tick(now)
             except Exception as exc:  # noqa: BLE001 - any exception is the finding
                 failures += 1
                 print(f"{name}: {type(exc).__name__}: {exc} on input {packet.hex()}")
                 if failures > 20:
                     return 1
-            if i % 10_000 == 0 and name == "router":
-                kind = core.from_udp(bytearray(good), PEER, now)[0]
-                if kind != TUN:
-                    failures += 1
-                    print(f"{name}: a valid packet was not forwarded after {i} inputs")
+            if i % 10_000 == 0 and target.setup:
+                core.from_udp(bytearray(target.setup), target.origin, now)
+            if i % 10_000 == 0 and core.from_udp(bytearray(target.good), target.origin, now)[0] != TUN:
+                failures += 1
+                print(f"{name}: a valid packet was not forwarded after {i} inputs")
         seconds = time.monotonic() - start
-        labels = {0: "drop", TUN: "tun", SEND: "send", 3: "reply"}
-        print(f"{name}: {args.inputs} inputs in {seconds:.1f}s, no exception: {failures == 0}")
+        labels = {DROP: "drop", TUN: "tun", SEND: "send", REPLY: "reply"}
+        print(f"{name}: {args.inputs} inputs in {seconds:.1f}s, exceptions: {failures}")
         print("  outcomes: " + ", ".join(f"{labels.get(k, k)}={v}" for k, v in sorted(outcomes.items())))
         drops = {k: v for k, v in core.counters.drops.items() if v}
         print("  drops: " + ", ".join(f"{k}={v}" for k, v in sorted(drops.items(), key=lambda kv: -kv[1])))
