@@ -7,6 +7,8 @@ import logging
 import random
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import UDP
 from scapy.layers.inet6 import (
     ICMPv6EchoRequest,
@@ -385,6 +387,44 @@ def test_no_exception_for_any_bytes():
         assert kind in (DROP, SEND)
         core.on_tick(float(i))
     assert set(core.counters.drops) == set(DROP_REASONS)
+
+
+def _edited(packet: bytes, edits, cut: int) -> bytearray:
+    out = bytearray(packet)
+    for position, value in edits:
+        out[position % len(out)] = value
+    return out[: len(out) - cut] if cut else out
+
+
+_SEEDS = [bytes(ra(pio(), pio("2001:db8:77::", 48, L=0, A=0))), bytes(c_router_ra()), bytes(echo(ADDRESS)),
+          bytes(echo("2001:db8:ff::2", src=ADDRESS)), bytes(ra(pio(NEW_PREFIX), dst=ADDRESS))]
+_fuzz_inputs = st.one_of(
+    st.binary(max_size=1400).map(bytearray),
+    st.tuples(st.sampled_from(_SEEDS), st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), max_size=6),
+              st.integers(0, 60)).map(lambda t: _edited(*t)),
+)
+_fuzz_origins = st.sampled_from([ROUTER, ROUTER, ("192.0.2.1", 1), ("198.51.100.7", 40000), ("0.0.0.0", 0)])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_fuzz_inputs, _fuzz_origins, st.sampled_from(["udp", "tun", "tick"])), max_size=10))
+def test_fuzz_never_raises_and_the_peer_keeps_working(items):
+    core = configured()
+    now = 1.0
+    for packet, origin, where in items:
+        now += 0.5
+        if where == "udp":
+            assert core.from_udp(packet, origin, now)[0] in (DROP, TUN)
+        elif where == "tun":
+            assert core.from_tun(packet)[0] in (DROP, SEND)
+        else:
+            core.on_tick(now)
+    assert set(core.counters.drops) == set(DROP_REASONS)
+    # the router's next RA puts the peer back on its /114, and traffic flows both ways
+    core.from_udp(ra(), ROUTER, now + 1)
+    assert core.lease is not None and core.lease.address == packed(ADDRESS)
+    assert core.from_udp(echo(ADDRESS), ROUTER, now + 1) == (TUN, None, None)
+    assert core.from_tun(echo("2001:db8:ff::2", src=ADDRESS)) == (SEND, None, ROUTER)
 
 
 def test_lease_describe():
