@@ -18,8 +18,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
 from pyroute2 import netns as pyroute2_netns
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,6 +114,16 @@ class Lab:
             yield
         finally:
             pyroute2_netns.popns()
+
+    def metrics(self, ns: str, url: str) -> dict[tuple[str, tuple], float]:
+        """Scrape a daemon's Prometheus endpoint inside `ns`: {(sample name, sorted labels): value}."""
+        with self.inside(ns):
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return samples
 
     def socket(self, ns: str, family=socket.AF_INET, kind=socket.SOCK_DGRAM, proto=0) -> socket.socket:
         with self.inside(ns):

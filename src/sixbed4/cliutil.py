@@ -31,6 +31,7 @@ def setup_logging(level: str) -> None:
     under_journald = "JOURNAL_STREAM" in os.environ
     fmt = "%(levelname)s %(message)s" if under_journald else "%(asctime)s %(levelname)s %(message)s"
     logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its debug output is one line per netlink message
 
 
 def add_logging_option(parser: argparse.ArgumentParser) -> None:

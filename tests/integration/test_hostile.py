@@ -15,10 +15,8 @@ import struct
 import subprocess
 import threading
 import time
-import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6ND_RS, IPv6
 from scapy.utils import rdpcap
@@ -54,14 +52,8 @@ def attacked():
 
 
 def drops(lab: Lab, ns: str) -> dict[str, float]:
-    with lab.inside(ns):
-        text = urllib.request.urlopen(METRICS, timeout=5).read().decode()
-    values = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            key = sample.labels.get("reason", sample.name)
-            values[key] = sample.value
-    return values
+    """Samples by drop reason (drops) or by name (other counters)."""
+    return {dict(labels).get("reason", name): value for (name, labels), value in lab.metrics(ns, METRICS).items()}
 
 
 def raw_udp(src: str, sport: int, dst: str, dport: int, payload: bytes) -> bytes:

@@ -121,7 +121,7 @@ def test_onlink_upstream_needs_proxy_nd(seed_b, tmp_path):
 
         # the responder on its own, next to the router
         router = s.start_router(name="router2")
-        proxy = s.start_proxy()
+        proxy = s.start_proxy("--metrics", "127.0.0.1:9642")
         s.forget_neighbors()
         for server in seedlab.SERVERS:
             assert s.ping(s.inet, server), f"internet -> {server} with 6bed4 proxy-nd"
@@ -129,6 +129,10 @@ def test_onlink_upstream_needs_proxy_nd(seed_b, tmp_path):
         assert s.client_pings(client, seedlab.INET6, 1), "client -> internet with 6bed4 proxy-nd"
         # the proxy's socket holds the uplink in all-multicast mode (solicited-node groups of any address)
         assert " allmulti 1 " in s.lab.sh(s.vm, "ip -d link show dev eth0").stdout
+        metrics = s.lab.metrics(s.vm, "http://127.0.0.1:9642/metrics")
+        assert metrics[("sixbed4_proxynd_na_sent_total", ())] > 0
+        assert metrics[("sixbed4_proxynd_drops_total", (("reason", "proxy_port0"),))] == 0
+        assert not any(name.startswith("sixbed4_router") for name, _ in metrics)
         assert s.lab.stop(proxy) == 0
         answered = re.search(r"proxy ND counters: ns_received=(\d+) na_sent=(\d+)", s.lab.log("proxy"))
         assert answered and int(answered.group(2)) > 0, s.lab.log("proxy")[-500:]
@@ -136,7 +140,7 @@ def test_onlink_upstream_needs_proxy_nd(seed_b, tmp_path):
         assert s.lab.stop(router) == 0
 
         # the responder inside the router
-        router = s.start_router("--proxy-nd", "eth0", name="router3")
+        router = s.start_router("--proxy-nd", "eth0", "--metrics", "127.0.0.1:9640", name="router3")
         s.forget_neighbors()
         assert s.internet_pings_client(client), "internet -> client with --proxy-nd"
         assert s.ping(s.inet, seedlab.SERVERS[1]), "internet -> ::30 with --proxy-nd"
@@ -147,6 +151,10 @@ def test_onlink_upstream_needs_proxy_nd(seed_b, tmp_path):
         assert f"lladdr {seedlab.VM_MAC}" in neigh
         # never for an address nobody handles: a port-0 address that is not the host's
         assert not s.ping(s.inet, "2001:db8:9:10::99", wait=1)
+        metrics = s.lab.metrics(s.vm, "http://127.0.0.1:9640/metrics")  # the router's and its responder's
+        assert metrics[("sixbed4_proxynd_na_sent_total", ())] > 0
+        assert metrics[("sixbed4_proxynd_drops_total", (("reason", "proxy_port0"),))] > 0
+        assert metrics[("sixbed4_router_relayed_total", ())] == 0 and metrics[("sixbed4_router_to_tun_total", ())] > 0
         assert s.lab.stop(router) == 0
         assert "proxy ND counters" in s.lab.log("router3")
     finally:

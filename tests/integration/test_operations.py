@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 
 from tests.integration import topology
@@ -19,16 +17,6 @@ def net():
         yield topology.build(lab, ("mob",))
 
 
-def scrape(lab: Lab, ns: str, url: str) -> dict[tuple[str, tuple], float]:
-    with lab.inside(ns):
-        text = urllib.request.urlopen(url, timeout=5).read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
 def test_metrics_count_traffic_and_drops_by_reason(net):
     proc = net.start_router("--metrics", "127.0.0.1:9640", name="metrics")
     client = SixClient(net.lab, net.clients["mob"].ns)
@@ -38,7 +26,7 @@ def test_metrics_count_traffic_and_drops_by_reason(net):
         client.send(b"")  # keepalive
         client.ping(topology.INET6)
         client.recv_matching(lambda p: p.haslayer(ICMPv6EchoReply))
-        samples = scrape(net.lab, net.router, "http://127.0.0.1:9640/metrics")
+        samples = net.lab.metrics(net.router, "http://127.0.0.1:9640/metrics")
     finally:
         client.close()
         Lab.stop(proc)

@@ -31,12 +31,15 @@ from dataclasses import dataclass
 
 from . import addr, icmp6
 from .ratelimit import KeyedLimiter
-from .stats import Counters
+from .stats import DROP_REASONS, Counters
 
 ETH_HEADER = 14
 ETH_P_IPV6 = 0x86DD
 ALL_NODES_MAC = bytes.fromhex("333300000001")
 SOLICITED_NODE_PREFIX = bytes.fromhex("ff0200000000000000000001ff")  # ff02::1:ff00:0/104
+# what the responder counts (it shares the Counters type with the datapath cores)
+EVENTS = ("ns_received", "na_sent")
+REASONS = tuple(reason for reason in DROP_REASONS if reason.startswith(("proxy_", "nd_", "rate_", "send_")))
 
 # answer kinds
 PEER = "peer"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .. import cliutil
 from ..core import addr, hostplan
+from ..io.metrics import MetricsError, parse_listen, serve_metrics
 
 log = logging.getLogger("6bed4")
 
@@ -59,6 +60,8 @@ def add_parsers(commands) -> None:
     p.add_argument("--local", metavar="ADDR", action="append", default=[],
                    help="also answer for this own address (repeatable); own addresses in the /64 on other "
                         "interfaces than the uplink are found automatically")
+    p.add_argument("--metrics", metavar="HOST:PORT", type=parse_listen,
+                   help="serve Prometheus metrics (sixbed4_proxynd_*) over HTTP, e.g. 127.0.0.1:9642")
     cliutil.add_logging_option(p)
     p.set_defaults(func=cmd_proxy_nd)
 
@@ -138,6 +141,13 @@ def cmd_proxy_nd(args: argparse.Namespace) -> int:
         responder.open()
     except ProxyError as exc:
         return cliutil.fail("6bed4 proxy-nd", exc.strerror or str(exc))
+    server = None
+    if args.metrics:
+        try:
+            server = serve_metrics(args.metrics, responder.metrics_collector())
+        except MetricsError as exc:
+            responder.close()
+            return cliutil.fail("6bed4 proxy-nd", str(exc))
 
     def on_signal(signum, _frame):
         log.info("%s received, shutting down", signal.Signals(signum).name)
@@ -148,6 +158,8 @@ def cmd_proxy_nd(args: argparse.Namespace) -> int:
     try:
         responder.run()
     finally:
+        if server is not None:
+            server.shutdown()
         responder.close()
         log.info("proxy ND counters: %s", responder.summary())
     return 0

@@ -30,6 +30,7 @@ from pyroute2 import IPRoute
 
 from ..core import proxynd
 from ..core.stats import Counters
+from ..io.metrics import CountersCollector
 
 log = logging.getLogger("6bed4.proxy-nd")
 
@@ -206,5 +207,9 @@ class ProxyResponder:
             self.sock = None
 
     def summary(self) -> str:
-        drops = " ".join(f"{k}={v}" for k, v in self.counters.drops.items() if v and k.startswith(("proxy", "nd", "rate", "send")))
-        return f"ns_received={self.counters.ns_received} na_sent={self.counters.na_sent} {drops}".strip()
+        counts = {event: getattr(self.counters, event) for event in proxynd.EVENTS}
+        counts.update((reason, self.counters.drops[reason]) for reason in proxynd.REASONS)
+        return " ".join(f"{name}={value}" for name, value in counts.items() if value) or "none"
+
+    def metrics_collector(self) -> CountersCollector:
+        return CountersCollector("sixbed4_proxynd", self.counters, events=proxynd.EVENTS, reasons=proxynd.REASONS)

@@ -7,13 +7,16 @@ metric families only when scraped, so metrics cost nothing per packet.
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+import logging
+from typing import Callable, Iterable
 
 from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
 from ..core.stats import DROP_REASONS, Counters
+
+log = logging.getLogger(__name__)
 
 EVENT_HELP = {
     "udp_in": "datagrams received on the 6bed4 UDP socket",
@@ -44,21 +47,30 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 class CountersCollector:
+    """One daemon part's counters as metric families `<namespace>_<event>` and `<namespace>_drops{reason}`.
+
+    `events` and `reasons` narrow the families to those the part can count
+    (the proxy ND responder shares the Counters type but not most of its events).
+    """
+
     def __init__(self, namespace: str, counters: Counters, info: Callable[[], dict[str, str]] | None = None,
-                 rate_limit_hits: Callable[[], int] | None = None):
+                 rate_limit_hits: Callable[[], int] | None = None, events: Iterable[str] = Counters.EVENTS,
+                 reasons: Iterable[str] = DROP_REASONS):
         self.namespace = namespace
         self.counters = counters
         self.info = info
         self.rate_limit_hits = rate_limit_hits
+        self.events = tuple(events)
+        self.reasons = tuple(reasons)
 
     def collect(self):
         ns = self.namespace
-        for event in Counters.EVENTS:
+        for event in self.events:
             family = CounterMetricFamily(f"{ns}_{event}", EVENT_HELP.get(event, event))
             family.add_metric([], getattr(self.counters, event))
             yield family
         drops = CounterMetricFamily(f"{ns}_drops", "packets dropped, by reason", labels=["reason"])
-        for reason in DROP_REASONS:
+        for reason in self.reasons:
             drops.add_metric([reason], self.counters.drops.get(reason, 0))
         yield drops
         if self.rate_limit_hits is not None:
@@ -75,8 +87,18 @@ class CountersCollector:
             yield up
 
 
-def serve_metrics(listen: tuple[str, int], collector: CountersCollector):
-    """Start the HTTP exporter in a background thread; returns (server, thread)."""
+class MetricsError(RuntimeError):
+    pass
+
+
+def serve_metrics(listen: tuple[str, int], *collectors: CountersCollector):
+    """Start the HTTP exporter in a background thread; returns the server (call its shutdown())."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-    return start_http_server(listen[1], addr=listen[0], registry=registry)
+    for collector in collectors:
+        registry.register(collector)
+    try:
+        server, _ = start_http_server(listen[1], addr=listen[0], registry=registry)
+    except OSError as exc:
+        raise MetricsError("metrics on %s:%d: %s" % (*listen, exc.strerror or exc)) from None
+    log.info("metrics on http://%s:%d/metrics", *listen)
+    return server

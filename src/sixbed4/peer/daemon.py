@@ -21,7 +21,7 @@ from ..core import addr
 from ..core.peer import Configure, Datagram, Lease, Notice, PeerConfig, PeerCore, Unconfigure
 from ..io import netlink, service
 from ..io.datapath import Datapath, DatapathError
-from ..io.metrics import CountersCollector, serve_metrics
+from ..io.metrics import CountersCollector, MetricsError, serve_metrics
 from ..io.tun import Tun, TunError
 from ..io.udp import UdpError, open_udp
 
@@ -216,11 +216,10 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer") -> int:
 
             collector = CountersCollector("sixbed4_peer", core.counters, info)
             try:
-                server, _ = serve_metrics(settings.metrics, collector)
-            except OSError as exc:
-                return cliutil.fail(prog, "metrics on %s:%d: %s" % (*settings.metrics, exc.strerror))
+                server = serve_metrics(settings.metrics, collector)
+            except MetricsError as exc:
+                return cliutil.fail(prog, str(exc))
             cleanup.callback(server.shutdown)
-            log.info("metrics on http://%s:%d/metrics", *settings.metrics)
         cleanup.callback(hook.withdraw)  # del-offers first; then undo() removes addresses and routes
         datapath = Datapath(sock, tun, core)
         cleanup.callback(datapath.close)

@@ -13,7 +13,7 @@ from ..core.router import RouterConfig, RouterCore
 from ..io import netlink
 from ..io import service
 from ..io.datapath import Datapath, DatapathError
-from ..io.metrics import CountersCollector, serve_metrics
+from ..io.metrics import CountersCollector, MetricsError, serve_metrics
 from ..io.tun import Tun, TunError
 from ..io.udp import UdpError, open_udp
 
@@ -116,22 +116,24 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
         except PermissionError as exc:
             return cliutil.fail(prog, f"{exc.filename}: permission denied (run as root or with CAP_NET_ADMIN)")
 
+        collectors = []
         if settings.proxy_nd:
             proxy = _start_proxy_nd(settings.proxy_nd, config, cleanup)
             if isinstance(proxy, str):
                 return cliutil.fail(prog, proxy)
+            collectors.append(proxy.metrics_collector())
 
         core = RouterCore(config)
         prefix_text = addr.format_address(config.prefix + bytes(8))
         if settings.metrics:
             info = {"prefix": f"{prefix_text}/64", "address": addr.format_address(config.address)}
-            collector = CountersCollector("sixbed4_router", core.counters, lambda: info, lambda: core.rate_limit_hits)
+            collectors.append(
+                CountersCollector("sixbed4_router", core.counters, lambda: info, lambda: core.rate_limit_hits))
             try:
-                server, _ = serve_metrics(settings.metrics, collector)
-            except OSError as exc:
-                return cliutil.fail(prog, "metrics on %s:%d: %s" % (*settings.metrics, exc.strerror))
+                server = serve_metrics(settings.metrics, *collectors)
+            except MetricsError as exc:
+                return cliutil.fail(prog, str(exc))
             cleanup.callback(server.shutdown)
-            log.info("metrics on http://%s:%d/metrics", *settings.metrics)
         if settings.user:
             try:
                 service.drop_privileges(settings.user)
