@@ -1,0 +1,106 @@
+"""Faults under a running tunnel: the router killed mid-transfer and restarted.
+
+Each test leaves the router running for the next one (the `router` fixture
+restarts it when a test has stopped it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.integration import topology
+from tests.integration.test_peer import address, peers  # noqa: F401 - peers is a fixture
+from tests.netlab import Lab
+
+RESUME_LIMIT = 2.0  # seconds from a restarted router's "serving" to traffic flowing again
+IPERF_SECONDS = 10
+IPERF_RATE = "20M"  # bit/s of UDP: steady load that leaves CPU for the restart on a 2-core box
+
+
+@pytest.fixture(scope="module")
+def net():
+    with Lab("fl") as lab:
+        topo = topology.build(lab, ("cl1", "cl2"))
+        topo.start_router()
+        yield topo
+
+
+@pytest.fixture
+def router(net):
+    """The running router process; started again if an earlier test left it stopped."""
+    if net.router_proc is None or net.router_proc.poll() is not None:
+        net.start_router(name=f"router-{time.monotonic_ns()}")
+    return net.router_proc
+
+
+def ping_stream(lab: Lab, ns: str, target: str, name: str):
+    """ping every 0.1 s with wall-clock timestamps on each reply (see reply_times)."""
+    return lab.start(ns, ["ping", "-6", "-D", "-n", "-i", "0.1", target], name)
+
+
+def reply_times(log: str) -> list[float]:
+    """The CLOCK_REALTIME timestamps of the echo replies in a `ping -D` log."""
+    return [float(m.group(1)) for m in re.finditer(r"^\[(\d+\.\d+)\] \d+ bytes from", log, re.M)]
+
+
+def zero_intervals(report: dict) -> list[tuple[float, float]]:
+    """The (start, end) of each interval in which the iperf3 receiver got nothing."""
+    return [(i["sum"]["start"], i["sum"]["end"]) for i in report["intervals"] if i["sum"]["bytes"] == 0]
+
+
+def router_leftovers(net) -> list[str]:
+    """What a router leaves in its namespace: its device, the /64 route, processes, the UDP port."""
+    lab = net.lab
+    found = []
+    if lab.has_link(net.router, "6bed4"):
+        found.append("link 6bed4")
+    if "2001:db8:9:10::/64" in lab.sh(net.router, "ip -6 route").stdout:
+        found.append("route to the /64")
+    pids = subprocess.run(["ip", "netns", "pids", net.router], capture_output=True, text=True).stdout.split()
+    found += [f"process {pid}" for pid in pids]
+    if lab.sh(net.router, "ss -Hlun 'sport = :25790'").stdout.strip():
+        found.append("UDP port 25790 bound")
+    return found
+
+
+def test_router_sigkill_and_restart_under_iperf3(net, router, peers):  # noqa: F811
+    lab, client = net.lab, net.clients["cl1"]
+    peers("cl1", "-r")
+    before = address(lab, client.ns)
+    server = lab.start(net.inet, ["iperf3", "-s", "-1", "-J", "-i", "0.1", "-B", topology.INET6], "iperf3-server")
+    lab.wait_for(lambda: lab.sh(net.inet, "ss -Hltn 'sport = :5201'").stdout.strip(), 5, "iperf3 server")
+    pinger = ping_stream(lab, client.ns, topology.INET6, "ping-stream")
+    iperf = lab.start(client.ns, ["iperf3", "-6", "-u", "-c", topology.INET6, "-b", IPERF_RATE, "-l", "1200",
+                                  "-t", str(IPERF_SECONDS)], "iperf3-client")
+    try:
+        time.sleep(3)
+        assert Lab.stop(router, signal.SIGKILL) == -signal.SIGKILL
+        killed = time.time()
+        net.start_router(name="router-restarted")  # same arguments; fails the test if it cannot start
+        ready = time.time()
+        assert iperf.wait(IPERF_SECONDS + 15) == 0, lab.log("iperf3-client")
+        assert server.wait(10) == 0, lab.log("iperf3-server")
+    finally:
+        Lab.stop(pinger, signal.SIGINT)
+    replies = reply_times(lab.log("ping-stream"))
+    resumed = next((t for t in replies if t > killed), None)
+    assert resumed is not None, "no ping reply after the router was killed"
+    print(f"SIGKILL->serving {ready - killed:.2f}s, serving->first ping reply {resumed - ready:.2f}s")
+    assert resumed - ready <= RESUME_LIMIT
+
+    report = json.loads(lab.log("iperf3-server"))
+    silent = zero_intervals(report)
+    outage = silent[-1][1] - silent[0][0] if silent else 0.0
+    print(f"iperf3 receiver silent for {outage:.1f}s in {len(silent)} intervals")
+    assert outage <= (ready - killed) + RESUME_LIMIT
+    assert report["intervals"][-1]["sum"]["bytes"] > 0  # the stream was flowing again at its end
+    assert address(lab, client.ns) == before  # no action on the peer
+
+    assert Lab.stop(net.router_proc) == 0
+    assert router_leftovers(net) == []
