@@ -250,12 +250,12 @@ def test_parse_port_range(text, expected):
 @pytest.mark.parametrize("text", ["0", "65536", "5:3", "a", "1:b", "", "-1", "1:2:3", "0:10"])
 def test_parse_port_range_errors(text):
     with pytest.raises(cliutil.UsageError) as info:
-        router_cli.parse_port_range(text)
-    assert repr(text) in str(info.value)
+        router_cli.parse_port_range(text, "--tcp")
+    assert str(info.value).startswith(f"--tcp {text!r}: ")
 
 
 def test_masquerade_rules_default_host():
     router = addr.encode(v6("2001:db8:9:10::")[:8], bytes((192, 0, 2, 1)), 25790)
-    assert router_cli.masquerade_rules([("udp", "53")], router) == (MasqRule(icmp6.PROTO_UDP, 53, 53, router),)
-    with pytest.raises(addr.AddressError):
-        router_cli.masquerade_rules([("host", "not-v6"), ("tcp", "22")], router)
+    assert router_cli.masquerade_rules([("udp", "53", "-u")], router) == (MasqRule(icmp6.PROTO_UDP, 53, 53, router),)
+    with pytest.raises(addr.AddressError, match="^-m 'not-v6' is not an IPv6 address$"):
+        router_cli.masquerade_rules([("host", "not-v6", "-m"), ("tcp", "22", "-t")], router)

@@ -206,8 +206,8 @@ def format_address(address: bytes) -> str:
     return str(ipaddress.IPv6Address(bytes(address)))
 
 
-def parse_address(text: str) -> bytes:
+def parse_address(text: str, what: str = "") -> bytes:
     try:
         return ipaddress.IPv6Address(text).packed
     except ValueError:
-        raise AddressError(f"{text!r} is not an IPv6 address") from None
+        raise AddressError(f"{what} {text!r} is not an IPv6 address".lstrip()) from None

@@ -32,7 +32,7 @@ class _Ordered(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         items = getattr(namespace, "masq", None) or []
-        items.append((self.dest, values))
+        items.append((self.dest, values, option_string))
         namespace.masq = items
 
 
@@ -80,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_port_range(text: str) -> tuple[int, int]:
-    """PORT, PORT:PORT, :PORT or PORT: as the C router."""
+def parse_port_range(text: str, option: str = "port range") -> tuple[int, int]:
+    """PORT, PORT:PORT, :PORT or PORT: as the C router; errors name `option`."""
     lo_text, sep, hi_text = text.partition(":")
     try:
         if not text:
@@ -89,9 +89,9 @@ def parse_port_range(text: str) -> tuple[int, int]:
         lo = int(lo_text) if lo_text else 1
         hi = (int(hi_text) if hi_text else 65535) if sep else lo
     except ValueError:
-        raise cliutil.UsageError(f"port range {text!r}: use PORT or PORT:PORT") from None
+        raise cliutil.UsageError(f"{option} {text!r}: use PORT or PORT:PORT") from None
     if not 1 <= lo <= hi <= 65535:
-        raise cliutil.UsageError(f"port range {text!r} is empty or outside 1..65535")
+        raise cliutil.UsageError(f"{option} {text!r}: the port range is empty or outside 1..65535")
     return lo, hi
 
 
@@ -99,13 +99,13 @@ def masquerade_rules(items, router_address: bytes) -> tuple[MasqRule, ...]:
     protocols = {"sctp": icmp6.PROTO_SCTP, "tcp": icmp6.PROTO_TCP, "udp": icmp6.PROTO_UDP}
     host = router_address
     rules = []
-    for kind, value in items:
+    for kind, value, option in items:
         if kind == "host":
-            host = addr.parse_address(value)
+            host = addr.parse_address(value, option)
         elif kind == "icmp":
             rules.append(MasqRule(icmp6.PROTO_ICMPV6, 0, 0, host))
         else:
-            lo, hi = parse_port_range(value)
+            lo, hi = parse_port_range(value, option)
             rules.append(MasqRule(protocols[kind], lo, hi, host))
     return tuple(rules)
 
