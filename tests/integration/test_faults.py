@@ -1,12 +1,15 @@
-"""Faults under a running tunnel: the router killed mid-transfer and restarted.
+"""Faults under a running tunnel: the router killed mid-transfer and restarted,
+devices deleted under the daemons.
 
-Each test leaves the router running for the next one (the `router` fixture
-restarts it when a test has stopped it).
+Each test on the shared topology leaves the router running for the next one (the
+`router` fixture restarts it when a test has stopped it); tests that delete an
+uplink build a topology of their own.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -15,12 +18,14 @@ import time
 import pytest
 
 from tests.integration import topology
-from tests.integration.test_peer import address, peers  # noqa: F401 - peers is a fixture
+from tests.integration.test_peer import address, launch_peer, peers, wait_for_address  # noqa: F401 - a fixture
 from tests.netlab import Lab
 
 RESUME_LIMIT = 2.0  # seconds from a restarted router's "serving" to traffic flowing again
 IPERF_SECONDS = 10
 IPERF_RATE = "20M"  # bit/s of UDP: steady load that leaves CPU for the restart on a 2-core box
+EXIT_LIMIT = 3.0  # seconds for a daemon to notice a deleted device and exit (the router's timer ticks each second)
+CPU_LIMIT = 0.3  # CPU seconds it may use meanwhile, clean-up included; a busy loop would use ~1 per second
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +57,27 @@ def reply_times(log: str) -> list[float]:
 def zero_intervals(report: dict) -> list[tuple[float, float]]:
     """The (start, end) of each interval in which the iperf3 receiver got nothing."""
     return [(i["sum"]["start"], i["sum"]["end"]) for i in report["intervals"] if i["sum"]["bytes"] == 0]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process from /proc/PID/stat (also readable while it is a zombie)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def exit_and_cpu(proc, timeout: float) -> tuple[float | None, float]:
+    """Watch `proc` until it exits, at most `timeout` seconds.
+
+    Returns (seconds until it exited, or None; CPU seconds it used meanwhile).  An
+    exited process is measured before it is reaped (WNOWAIT); proc.wait() reaps it.
+    """
+    start, cpu_before, exited = time.monotonic(), cpu_seconds(proc.pid), None
+    while exited is None and time.monotonic() - start < timeout:
+        if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+            exited = time.monotonic() - start
+        else:
+            time.sleep(0.02)
+    return exited, cpu_seconds(proc.pid) - cpu_before
 
 
 def router_leftovers(net) -> list[str]:
@@ -104,3 +130,29 @@ def test_router_sigkill_and_restart_under_iperf3(net, router, peers):  # noqa: F
 
     assert Lab.stop(net.router_proc) == 0
     assert router_leftovers(net) == []
+
+
+@pytest.mark.parametrize("daemon, device", [("router", "6bed4"), ("router", "eth1"), ("peer", "6bed4"),
+                                            ("peer", "eth0")])
+def test_deleted_device_makes_the_daemon_log_it_and_exit_1(daemon, device):
+    """`ip link del` of the TUN device or the uplink veth under a running daemon."""
+    with Lab("fl") as lab:
+        topo = topology.build(lab, ("mob",))
+        proc = topo.start_router()
+        ns = topo.router
+        if daemon == "peer":
+            proc = launch_peer(topo, "mob", name="peer")
+            wait_for_address(topo, "mob", proc)
+            ns = topo.clients["mob"].ns
+        log_name = "router" if daemon == "router" else proc.name
+
+        lab.sh(ns, f"ip link del {device}")
+        exited, cpu = exit_and_cpu(proc, EXIT_LIMIT)
+        print(f"{daemon}, {device} deleted: exit after {exited}s, {cpu:.2f} CPU seconds")
+        assert exited is not None, f"still running {EXIT_LIMIT}s after deleting {device}"
+        assert proc.wait(5) == 1
+        assert cpu <= CPU_LIMIT
+        what = "the TUN device 6bed4" if device == "6bed4" else f"uplink {device}"
+        errors = [line for line in lab.log(log_name).splitlines() if " ERROR " in line]
+        assert len(errors) == 1 and f"{what} was deleted" in errors[0] and errors[0].endswith("exiting"), errors
+        assert not lab.has_link(ns, "6bed4")

@@ -28,6 +28,22 @@ def net():
         yield topo
 
 
+def launch_peer(net, role: str, *extra: str, name: str) -> subprocess.Popen:
+    """6bed4peer on a client of the topology `net`, with the tests' keepalive; proc.name is its log."""
+    proc = net.lab.python(net.clients[role].ns, "sixbed4.peer.cli", "-s", topology.ROUTER_V4, "-k", KEEPALIVE,
+                          *extra, name=name)
+    proc.name = name
+    return proc
+
+
+def wait_for_address(net, role: str, proc: subprocess.Popen) -> str:
+    """The global address the peer configured on its 6bed4 device (fails if it exits instead)."""
+    ns = net.clients[role].ns
+    net.lab.wait_for(lambda: address(net.lab, ns) or proc.poll() is not None, 10, f"address of {role}")
+    assert proc.poll() is None, net.lab.log(proc.name)
+    return address(net.lab, ns)
+
+
 @pytest.fixture
 def peers(net):
     """Start peers; each is stopped (SIGTERM, then SIGKILL) after the test, pass or fail."""
@@ -35,14 +51,10 @@ def peers(net):
     counter = iter(range(1000))
 
     def start(role: str, *extra: str, wait: bool = True):
-        ns = net.clients[role].ns
-        name = f"peer-{role}-{next(counter)}"
-        proc = net.lab.python(ns, "sixbed4.peer.cli", "-s", topology.ROUTER_V4, "-k", KEEPALIVE, *extra, name=name)
-        proc.name = name
+        proc = launch_peer(net, role, *extra, name=f"peer-{role}-{next(counter)}")
         started.append(proc)
         if wait:
-            net.lab.wait_for(lambda: address(net.lab, ns) or proc.poll() is not None, 10, f"address of {role}")
-            assert proc.poll() is None, net.lab.log(name)
+            wait_for_address(net, role, proc)
         return proc
 
     yield start

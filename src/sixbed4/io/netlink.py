@@ -2,7 +2,8 @@
 
 `InterfaceSetup` records every change it makes so that `undo()` removes exactly
 those, in reverse order: what the daemon added goes away on exit, what was
-there before stays.
+there before stays.  `LinkWatch` notices when an interface the daemon depends on
+(its TUN device, its uplink) is deleted under it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import socket
 from pathlib import Path
 
 from pyroute2 import IPRoute
@@ -17,6 +19,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 log = logging.getLogger(__name__)
 
+AF_INET = 2
 AF_INET6 = 10
 IFA_F_NODAD = 0x02
 IFA_F_NOPREFIXROUTE = 0x200
@@ -145,3 +148,76 @@ class InterfaceSetup:
 
     def close(self) -> None:
         self.ipr.close()
+
+
+class LinkGone(RuntimeError):
+    """An interface the daemon depends on was deleted; str() says which."""
+
+
+def uplink_for(ipv4: str) -> tuple[int, str] | None:
+    """(index, name) of the interface holding `ipv4`, else of the one the kernel routes it through."""
+    with IPRoute() as ipr:
+        held = [a["index"] for a in ipr.get_addr(family=AF_INET) if a.get_attr("IFA_LOCAL") == ipv4]
+        if held:
+            index = held[0]
+        else:
+            try:
+                index = ipr.route("get", dst=ipv4)[0].get_attr("RTA_OIF")
+            except NetlinkError:  # no route (yet)
+                return None
+        if index is None:
+            return None
+        return index, ipr.get_links(index)[0].get_attr("IFLA_IFNAME")
+
+
+class LinkWatch:
+    """The interfaces a daemon cannot work without, checked by index (renaming one is fine)."""
+
+    def __init__(self) -> None:
+        self.links: dict[int, str] = {}  # index -> what it is, e.g. "uplink eth0"
+        self.uplink: str | None = None
+
+    @classmethod
+    def tun_and_uplink(cls, setup: InterfaceSetup, ipv4: str) -> "LinkWatch":
+        """Watch the device `setup` configures and the uplink towards `ipv4` (see uplink_for)."""
+        watch = cls()
+        watch.add(setup.index, f"the TUN device {setup.ifname}")
+        found = uplink_for(ipv4)
+        if found is not None and found[1] != "lo":  # loopback cannot be deleted
+            watch.uplink = found[1]
+            watch.add(found[0], f"uplink {found[1]}")
+        return watch
+
+    def add(self, index: int, what: str) -> None:
+        self.links[index] = what
+
+    def missing(self) -> str | None:
+        """The first watched interface that no longer exists, or None."""
+        for index, what in self.links.items():
+            try:
+                socket.if_indextoname(index)  # one ioctl: cheap enough for every timer tick
+            except OSError:
+                return what
+        return None
+
+    def check(self) -> None:
+        """Raise LinkGone if a watched interface was deleted."""
+        gone = self.missing()
+        if gone:
+            raise LinkGone(f"{gone} was deleted")
+
+    def guarding(self, on_tick):
+        """A datapath on_tick that first checks the watched interfaces: LinkGone ends the datapath."""
+
+        def tick(now: float) -> None:
+            self.check()
+            on_tick(now)
+
+        return tick
+
+    def explain(self, exc: Exception) -> str:
+        """Why the datapath stopped: a deleted interface if there is one, else the error itself."""
+        gone = self.missing()
+        if gone and not isinstance(exc, LinkGone):
+            return f"{gone} was deleted ({exc})"
+        return str(exc)

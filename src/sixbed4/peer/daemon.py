@@ -199,6 +199,7 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer") -> int:
             cleanup.callback(setup.close)
             cleanup.callback(setup.undo)
             configure_tun(setup)
+            watch = netlink.LinkWatch.tun_and_uplink(setup, config.router_ipv4)
         except (UdpError, TunError, netlink.NetlinkSetupError) as exc:
             return cliutil.fail(prog, exc.strerror or str(exc))
         except PermissionError as exc:
@@ -225,6 +226,8 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer") -> int:
         cleanup.callback(datapath.close)
         local = sock.getsockname()
         log.info("soliciting router %s:%d from UDP %s:%d via %s", *config.router, *local, tun.name)
+        if watch.uplink is None:
+            log.warning("no route to the router %s yet: not watching an uplink", config.router_ipv4)
 
         def on_signal(signum, _frame):
             log.info("%s received, shutting down", signal.Signals(signum).name)
@@ -236,9 +239,9 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer") -> int:
         service.notify("READY=1")
         try:
             ticker(datapath.clock())  # the first RS now, not a tick later
-            datapath.run(on_tick=ticker, tick=TICK)
-        except DatapathError as exc:
-            log.error("datapath failed: %s", exc)
+            datapath.run(on_tick=watch.guarding(ticker), tick=TICK)
+        except (DatapathError, netlink.LinkGone) as exc:
+            log.error("%s; exiting", watch.explain(exc))
             return 1
         finally:
             events = {"rs_sent": core.rs_sent, "ra_received": core.ra_received,

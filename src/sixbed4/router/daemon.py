@@ -111,6 +111,8 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
             cleanup.callback(setup.close)
             cleanup.callback(setup.undo)
             configure_tun(setup, config, settings.prefix_route)
+            listen = ".".join(str(b) for b in config.ipv4)
+            watch = netlink.LinkWatch.tun_and_uplink(setup, listen)
         except (UdpError, TunError, netlink.NetlinkSetupError) as exc:
             return cliutil.fail(prog, exc.strerror or str(exc))
         except PermissionError as exc:
@@ -146,6 +148,8 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
             "serving %s/64 on UDP %s:%d via %s; router address %s",
             prefix_text, *settings.bind, tun.name, addr.format_address(config.address),
         )
+        if watch.uplink is None:
+            log.warning("no interface has or routes %s: not watching an uplink", listen)
         if not _forwarding_enabled():
             log.warning("net.ipv6.conf.all.forwarding is 0: native IPv6 will not be forwarded (see 6bed4 host-setup)")
 
@@ -157,9 +161,9 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
             signal.signal(signum, on_signal)
         service.notify("READY=1")
         try:
-            datapath.run(on_tick=NotableEvents(core))
-        except DatapathError as exc:
-            log.error("datapath failed: %s", exc)
+            datapath.run(on_tick=watch.guarding(NotableEvents(core)))
+        except (DatapathError, netlink.LinkGone) as exc:
+            log.error("%s; exiting", watch.explain(exc))
             return 1
         finally:
             log.info("counters: %s", " ".join(f"{k}={v}" for k, v in core.counters.snapshot().items() if v))
