@@ -16,6 +16,7 @@ nothing.  Nothing here raises on any input.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
 from . import addr, icmp6
@@ -31,6 +32,7 @@ _ND_FIRST, _ND_LAST = icmp6.ROUTER_SOLICIT, icmp6.REDIRECT
 _FE80 = addr.LINK_LOCAL_64
 _FC64 = addr.FC64_PREFIX
 _CACHE_LIMIT = 4096  # bounded: memory must not grow with the number of peers
+_HEADER = struct.Struct("!B3xHBx32s")  # version nibble, payload length, next header, source + destination
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ class RouterCore:
         self._icmp_error_limit = TokenBucket(limits.icmp_errors, limits.icmp_errors_burst)
         self._origin_cache: dict[tuple[str, int], bytes | None] = {}
         self._target_cache: dict[bytes, tuple[str, int] | None] = {}
+        self._tun_flows: dict[bytes, tuple[str, int]] = {}  # source + destination -> origin
         self.rate_limit_hits = 0
 
     # --- helpers -----------------------------------------------------------
@@ -178,51 +181,66 @@ class RouterCore:
             else:
                 counters.drop("too_short")
             return _DROPPED
-        # One copy of the header: indexing and comparing bytes is much cheaper than memoryview slices.
-        head = bytes(packet[:40])
-        if head[0] >> 4 != 6:
+        first, payload_length, next_header, addresses = _HEADER.unpack_from(packet)
+        if first >> 4 != 6:
             counters.drop("not_ipv6")
             return _DROPPED
         if n > _MTU:
             counters.drop("too_long")
             return _DROPPED
-        if (head[4] << 8) | head[5] != n - 40:
+        if payload_length != n - 40:
             counters.drop("bad_length")
             return _DROPPED
-        if head[6] == 58 and n > 40 and _ND_FIRST <= packet[40] <= _ND_LAST:
+        if next_header == 58 and n > 40 and _ND_FIRST <= packet[40] <= _ND_LAST:
             return self._neighbor_discovery(packet, origin, now)
+        # The decision below depends only on the addresses and the origin: a pair seen
+        # going to the TUN from this origin goes there again, without the checks.
+        if self._tun_flows.get(addresses) == origin:
+            counters.to_tun += 1
+            return _TO_TUN
+        return self._route(packet, origin, addresses, now)
 
+    def _route(self, packet, origin, addresses: bytes, now: float):
+        """Check the source against the origin, then decide by the destination."""
+        counters = self.counters
+        source, destination = addresses[:16], addresses[16:]
         expected = self._origin_cache.get(origin, False)
         if expected is False:
             expected = self._origin_iid(origin)
-        source_prefix = head[8:16]
+        source_prefix = source[:8]
         prefix = self.prefix
         if (
             expected is None
-            or head[16:22] != expected[:6]
-            or head[22] & 0xC0 != expected[6]
+            or source[8:14] != expected[:6]
+            or source[14] & 0xC0 != expected[6]
             or (source_prefix != prefix and source_prefix != _FE80)
         ):
             return self._bad_source(packet, origin, expected, now)
 
-        if head[24] == 0xFF:
+        if destination[0] == 0xFF:
             counters.drop("multicast")
             return _DROPPED
-        destination_prefix = head[24:32]
-        if (destination_prefix == prefix or destination_prefix == _FE80) and head[32:38] == head[16:22]:
-            if head[38] == (head[22] & 0xC0) and head[39] == 0:
+        destination_prefix = destination[:8]
+        if (destination_prefix == prefix or destination_prefix == _FE80) and destination[8:14] == source[8:14]:
+            if destination[14] == (source[14] & 0xC0) and destination[15] == 0:
                 return self._to_router(packet, origin)
         if destination_prefix == prefix:
-            if head[36] == 0 and head[37] == 0:
-                counters.to_tun += 1  # port 0: the host's own addresses
-                return _TO_TUN
-            if head[32:40] == self.iid:
-                counters.to_tun += 1  # the router's global address lives on the TUN
-                return _TO_TUN
+            if destination[12] == 0 and destination[13] == 0:
+                return self._to_tun(addresses, origin)  # port 0: the host's own addresses
+            if destination[8:] == self.iid:
+                return self._to_tun(addresses, origin)  # the router's global address lives on the TUN
             return self._relay(packet, origin, now)
-        if head[24] == 0xFC and head[25] == 0x64:
+        if destination[0] == 0xFC and destination[1] == 0x64:
             return self._relay(packet, origin, now)
-        counters.to_tun += 1
+        return self._to_tun(addresses, origin)
+
+    def _to_tun(self, addresses: bytes, origin):
+        """To the TUN as it is; remembered, so that the next packet of this flow skips the checks."""
+        flows = self._tun_flows
+        if len(flows) >= _CACHE_LIMIT:
+            flows.clear()
+        flows[addresses] = origin
+        self.counters.to_tun += 1
         return _TO_TUN
 
     def _relay(self, packet, origin, now: float):
