@@ -1,5 +1,5 @@
 """Faults under a running tunnel: the router killed mid-transfer and restarted,
-devices deleted under the daemons.
+devices deleted under the daemons, the router unreachable for a long time.
 
 Each test on the shared topology leaves the router running for the next one (the
 `router` fixture restarts it when a test has stopped it); tests that delete an
@@ -8,6 +8,7 @@ uplink build a topology of their own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,15 +18,23 @@ import time
 
 import pytest
 
+from sixbed4.core.peer import RS_BACKOFF
 from tests.integration import topology
-from tests.integration.test_peer import address, launch_peer, peers, wait_for_address  # noqa: F401 - a fixture
+from tests.integration.test_peer import (  # noqa: F401 - peers is a fixture
+    KEEPALIVE, address, launch_peer, peers, ping, wait_for_address,
+)
 from tests.netlab import Lab
 
-RESUME_LIMIT = 2.0  # seconds from a restarted router's "serving" to traffic flowing again
+RESUME_LIMIT = 2.0  # seconds from the router being back (restarted and serving, or reachable) to traffic flowing
 IPERF_SECONDS = 10
 IPERF_RATE = "20M"  # bit/s of UDP: steady load that leaves CPU for the restart on a 2-core box
 EXIT_LIMIT = 3.0  # seconds for a daemon to notice a deleted device and exit (the router's timer ticks each second)
 CPU_LIMIT = 0.3  # CPU seconds it may use meanwhile, clean-up included; a busy loop would use ~1 per second
+# The issue asks for 2 minutes; 40 s takes the peers through every timer state that
+# matters (a peer without an address reaches its 30 s solicitation backoff at 26 s, a
+# peer with one (-k 5) re-solicits 8 times and logs the silence after 15 s).  Run
+# the 2 minutes by hand: FAULTS_OUTAGE=120 pytest -k unreachable tests/integration/test_faults.py
+OUTAGE = float(os.environ.get("FAULTS_OUTAGE", 40))
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +87,19 @@ def exit_and_cpu(proc, timeout: float) -> tuple[float | None, float]:
         else:
             time.sleep(0.02)
     return exited, cpu_seconds(proc.pid) - cpu_before
+
+
+@contextlib.contextmanager
+def router_unreachable(net):
+    """Drop every packet to and from the router's IPv4 in the IPv4 core, until the block ends."""
+    net.lab.sh(net.core, "nft 'add table ip fl_outage; "
+                         "add chain ip fl_outage block { type filter hook forward priority 0; }; "
+                         f"add rule ip fl_outage block ip daddr {topology.ROUTER_V4} drop; "
+                         f"add rule ip fl_outage block ip saddr {topology.ROUTER_V4} drop'")
+    try:
+        yield
+    finally:
+        net.lab.sh(net.core, "nft delete table ip fl_outage")
 
 
 def router_leftovers(net) -> list[str]:
@@ -156,3 +178,32 @@ def test_deleted_device_makes_the_daemon_log_it_and_exit_1(daemon, device):
         errors = [line for line in lab.log(log_name).splitlines() if " ERROR " in line]
         assert len(errors) == 1 and f"{what} was deleted" in errors[0] and errors[0].endswith("exiting"), errors
         assert not lab.has_link(ns, "6bed4")
+
+
+def test_peers_recover_by_themselves_after_the_router_was_unreachable(net, router, peers):  # noqa: F811
+    """cl1 keeps its address through the outage; cl2, started during it, backs off to 30 s and then gets one."""
+    lab = net.lab
+    one, two = net.clients["cl1"], net.clients["cl2"]
+    first = peers("cl1", "-r")
+    before = address(lab, one.ns)
+    pinger = ping_stream(lab, one.ns, topology.INET6, "ping-outage")
+    try:
+        with router_unreachable(net):
+            late = peers("cl2", "-r", wait=False)
+            time.sleep(OUTAGE)
+            assert address(lab, two.ns) is None
+        back = time.time()
+        wait_for_address(net, "cl2", late, timeout=RS_BACKOFF[-1] + RESUME_LIMIT)  # its next RS, at the latest
+        got_address = time.time() - back
+        period = float(KEEPALIVE.split(",")[0])  # cl1 re-solicits once per keepalive period
+        lab.wait_for(lambda: "the router answers again" in lab.log(first.name), period + RESUME_LIMIT, "cl1's RA")
+    finally:
+        Lab.stop(pinger, signal.SIGINT)
+    resumed = next((t for t in reply_times(lab.log("ping-outage")) if t > back), None)
+    assert resumed is not None, "cl1's pings were not answered after the outage"
+    print(f"outage {OUTAGE:.0f}s: cl1 traffic after {resumed - back:.2f}s, cl2 address after {got_address:.1f}s")
+    assert resumed - back <= RESUME_LIMIT
+    assert address(lab, one.ns) == before
+    assert "has not answered solicitations" in lab.log(first.name)
+    assert f"next in {RS_BACKOFF[-1]:.0f}s" in lab.log(late.name)  # cl2 reached its longest backoff
+    assert ping(lab, two.ns, topology.INET6) and ping(lab, two.ns, before)

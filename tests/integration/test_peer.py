@@ -36,10 +36,10 @@ def launch_peer(net, role: str, *extra: str, name: str) -> subprocess.Popen:
     return proc
 
 
-def wait_for_address(net, role: str, proc: subprocess.Popen) -> str:
+def wait_for_address(net, role: str, proc: subprocess.Popen, timeout: float = 10) -> str:
     """The global address the peer configured on its 6bed4 device (fails if it exits instead)."""
     ns = net.clients[role].ns
-    net.lab.wait_for(lambda: address(net.lab, ns) or proc.poll() is not None, 10, f"address of {role}")
+    net.lab.wait_for(lambda: address(net.lab, ns) or proc.poll() is not None, timeout, f"address of {role}")
     assert proc.poll() is None, net.lab.log(proc.name)
     return address(net.lab, ns)
 
