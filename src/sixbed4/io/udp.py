@@ -6,6 +6,7 @@ import errno
 import socket
 
 SOCKET_BUFFER = 4 * 1024 * 1024
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # Linux; not in the socket module
 
 
 class UdpError(OSError):
@@ -16,8 +17,11 @@ def open_udp(host: str, port: int, *, ttl: int | None = None) -> socket.socket:
     """A non-blocking UDP socket bound to host:port, with large kernel buffers."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        for force, option in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+            try:  # with CAP_NET_ADMIN past net.core.rmem_max/wmem_max (default 208 KiB: bursts would overflow)
+                sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         if ttl is not None:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
         sock.bind((host, port))
