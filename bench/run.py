@@ -104,9 +104,11 @@ class Bench:
         out = self.lab.sh(ns, f"cat /sys/class/net/{dev}/statistics/rx_packets").stdout
         return int(out)
 
-    def router_cpu_seconds(self) -> float:
+    def router_cpu_seconds(self) -> tuple[float, float]:
+        """Router process CPU time so far: (user, system) seconds."""
         fields = Path(f"/proc/{self.router.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
 
     def router_rss_kib(self) -> int:
         for line in Path(f"/proc/{self.router.pid}/status").read_text().splitlines():
@@ -142,7 +144,8 @@ class Bench:
         sent, seconds = int(out[1]), float(out[3])
         time.sleep(0.3)  # let queues drain
         received = self.rx_packets(recv_ns, recv_dev) - rx0
-        cpu = self.router_cpu_seconds() - cpu0
+        user, system = (b - a for a, b in zip(cpu0, self.router_cpu_seconds()))
+        cpu = user + system
         result = {
             "target": target, "direction": direction, "size": size, "flows": flows,
             "offered_pps": round(sent / seconds), "sent": sent, "received": received,
@@ -152,6 +155,8 @@ class Bench:
         if target == "router":
             result["router_cpu_s"] = round(cpu, 3)
             result["cpu_us_per_packet"] = round(cpu * 1e6 / received, 3) if received else None
+            result["user_us_per_packet"] = round(user * 1e6 / received, 3) if received else None
+            result["system_us_per_packet"] = round(system * 1e6 / received, 3) if received else None
         return result
 
     def find_lossless(self, target: str, direction: str, size: int, steps: int) -> dict:
@@ -188,7 +193,7 @@ def fmt_rate(value) -> str:
 
 
 def print_table(results: list[dict], rss: dict | None) -> None:
-    head = (f"{'direction':9} {'size':>5} | {'router peak':>11} {'Mbit/s':>7} {'loss':>6} {'<1% loss':>9} {'µs/pkt':>7} |"
+    head = (f"{'direction':9} {'size':>5} | {'router peak':>11} {'Mbit/s':>7} {'loss':>6} {'<1% loss':>9} {'µs/pkt':>7} {'usr/sys':>9} |"
             f" {'kernel peak':>11} {'<1% loss':>9} | {'ratio pk':>8} {'ratio <1%':>9}")
     print(head)
     print("-" * len(head))
@@ -199,8 +204,9 @@ def print_table(results: list[dict], rss: dict | None) -> None:
         ratio_peak = r["peak"]["pps"] / k["peak"]["pps"] if k["peak"]["pps"] else 0
         ratio_ok = (rl / kl) if rl and kl else 0
         cpu = r["peak"].get("cpu_us_per_packet")
+        split = f"{r['peak']['user_us_per_packet']:.2f}/{r['peak']['system_us_per_packet']:.2f}" if cpu else "-"
         print(f"{row['direction']:9} {row['size']:>5} | {fmt_rate(r['peak']['pps']):>11} {r['peak']['mbit_s']:>7.0f}"
-              f" {r['peak']['loss'] * 100:>5.1f}% {fmt_rate(rl):>9} {cpu if cpu is not None else '-':>7} |"
+              f" {r['peak']['loss'] * 100:>5.1f}% {fmt_rate(rl):>9} {cpu if cpu is not None else '-':>7} {split:>9} |"
               f" {fmt_rate(k['peak']['pps']):>11} {fmt_rate(kl):>9} | {ratio_peak:>8.2f} {ratio_ok:>9.2f}")
     if rss:
         print(f"router RSS: start {rss['rss_start_kib']} KiB, after 1 source {rss['rss_1_sources_kib']} KiB,"
