@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -150,10 +151,11 @@ def test_two_peers_behind_two_nats_reach_each_other(net, peers, tmp_path):
     assert 'sixbed4_peer_drops_total{reason="not_from_router"}' in metrics
 
 
-def test_nat_rebinding_readdresses_and_traffic_flows_again(net, peers, tmp_path):
-    lab, client = net.lab, net.clients["cl1"]
-    hook, record = make_hook(tmp_path)
-    proc = peers("cl1", "-r", "-x", hook)
+def rebind_nat(net, role: str, proc) -> tuple[str, str]:
+    """Flush the client's NAT mappings: the peer (with -r) must take its new address and forward again.
+
+    Returns the old and the new address."""
+    lab, client = net.lab, net.clients[role]
     old = address(lab, client.ns)
     assert ping(lab, client.ns, topology.INET6)
 
@@ -166,6 +168,13 @@ def test_nat_rebinding_readdresses_and_traffic_flows_again(net, peers, tmp_path)
     assert ping(lab, net.inet, new)
     assert lab.sh(client.ns, "ip -6 -o addr show dev 6bed4 scope global").stdout.count("inet6") == 1
     assert "NAT mapping changed" in lab.log(proc.name)
+    return old, new
+
+
+def test_nat_rebinding_readdresses_and_traffic_flows_again(net, peers, tmp_path):
+    hook, record = make_hook(tmp_path)
+    proc = peers("cl1", "-r", "-x", hook)
+    old, new = rebind_nat(net, "cl1", proc)
 
     pid = str(proc.pid)
     expected_offers = lambda a: [  # noqa: E731
@@ -173,6 +182,24 @@ def test_nat_rebinding_readdresses_and_traffic_flows_again(net, peers, tmp_path)
         f"{pid} add-route-offer 2001:db8:77:: 48 {lanid_address(a, 0)}",
     ]
     assert calls(record) == [*expected_offers(old), f"{pid} del-offers", *expected_offers(new)]
+
+
+def test_unprivileged_peer_readdresses_after_nat_rebinding(net, peers):
+    """--user nobody: every thread runs as nobody; the main one keeps CAP_NET_ADMIN to re-address."""
+    lab = net.lab
+    proc = peers("cl1", "-r", "--user", "nobody", "--metrics", "127.0.0.1:9642")
+    assert "running as user nobody with CAP_NET_ADMIN only" in lab.log(proc.name)
+    threads = {}
+    for task in Path(f"/proc/{proc.pid}/task").iterdir():
+        status = dict(line.split(":", 1) for line in (task / "status").read_text().splitlines())
+        threads[int(task.name)] = (int(status["Uid"].split()[0]), int(status["CapEff"], 16))
+    assert len(threads) >= 2  # the metrics server's thread, started before the drop
+    assert {uid for uid, _ in threads.values()} == {65534}
+    assert threads.pop(proc.pid)[1] == 1 << 12  # CAP_NET_ADMIN only
+    assert {caps for _, caps in threads.values()} == {0}
+    rebind_nat(net, "cl1", proc)
+    assert Lab.stop(proc) == 0
+    assert not lab.has_link(net.clients["cl1"].ns, "6bed4")
 
 
 def test_router_restart_keeps_address_and_ping_resumes(net, peers):

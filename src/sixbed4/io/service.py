@@ -51,7 +51,13 @@ def _libc():
 
 
 def drop_privileges(user: str, keep: tuple[int, ...] = (CAP_NET_ADMIN,)) -> None:
-    """Become `user` (and its primary group), keeping only the capabilities in `keep`."""
+    """Become `user` (and its primary group), keeping only the capabilities in `keep`.
+
+    glibc switches the user of every thread, but capset() and the ambient set
+    apply to the calling thread only: threads started before this call keep no
+    capabilities, threads started after it inherit `keep`.  So call it before
+    starting threads, or make all privileged changes from the calling thread.
+    """
     try:
         entry = pwd.getpwnam(user)
     except KeyError:

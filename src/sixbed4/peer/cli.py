@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     ops = p.add_argument_group("operations")
     ops.add_argument("--metrics", metavar="HOST:PORT", type=parse_listen,
                      help="serve Prometheus metrics over HTTP, e.g. 127.0.0.1:9641")
+    ops.add_argument("--user", help="after setup, run as this user, keeping only CAP_NET_ADMIN "
+                                    "(to re-address after NAT rebinding; hook scripts get it too)")
     config.add_config_option(ops)
     cliutil.add_logging_option(ops)
     return p
@@ -100,6 +102,7 @@ def settings_from_args(args: argparse.Namespace) -> PeerSettings:
         create_tun=args.tundev is None,
         hook=args.exthook,
         metrics=args.metrics,
+        user=args.user,
     )
 
 

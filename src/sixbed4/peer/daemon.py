@@ -43,6 +43,7 @@ class PeerSettings:
     create_tun: bool = True
     hook: str | None = None
     metrics: tuple[str, int] | None = None
+    user: str | None = None
 
 
 def configure_tun(setup: netlink.InterfaceSetup) -> None:
@@ -221,6 +222,15 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer") -> int:
             except MetricsError as exc:
                 return cliutil.fail(prog, str(exc))
             cleanup.callback(server.shutdown)
+        if settings.user:
+            # After the metrics server (its lazy imports still as root): its thread becomes the
+            # user without capabilities, it needs none; this thread keeps CAP_NET_ADMIN to
+            # re-address on a corrective RA, and passes it on to the hook.
+            try:
+                service.drop_privileges(settings.user)
+            except service.PrivilegeError as exc:
+                return cliutil.fail(prog, str(exc))
+            log.info("running as user %s with CAP_NET_ADMIN only", settings.user)
         cleanup.callback(hook.withdraw)  # del-offers first; then undo() removes addresses and routes
         datapath = Datapath(sock, tun, core)
         cleanup.callback(datapath.close)
