@@ -1,4 +1,4 @@
-"""The systemd units and example configuration shipped in contrib/."""
+"""The systemd units shipped in contrib/ (the example configurations: tests/unit/test_config.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from sixbed4 import config
-from sixbed4.router import cli as router_cli
 
 CONTRIB = Path(__file__).resolve().parents[2] / "contrib"
 UNITS = ["6bed4router.service", "6bed4peer.service"]
@@ -38,10 +35,3 @@ def test_unit_is_hardened(unit):
     assert settings["NoNewPrivileges"] == "yes" and settings["ProtectSystem"] == "strict"
     assert set(settings["CapabilityBoundingSet"].split()) <= {"CAP_NET_ADMIN", "CAP_NET_RAW"}
 
-
-def test_example_router_config_parses():
-    parser = router_cli.build_parser()
-    args = parser.parse_args(config.arguments_from_file(str(CONTRIB / "router.toml"), parser))
-    settings = router_cli.settings_from_args(args)
-    assert settings.bind == ("192.0.2.1", 25790)
-    assert settings.metrics == ("127.0.0.1", 9640)
