@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import (
+    ICMPv6DestUnreach,
     ICMPv6EchoReply,
     ICMPv6EchoRequest,
     ICMPv6ND_NA,
@@ -24,6 +25,7 @@ from scapy.layers.inet6 import (
     ICMPv6NDOptMTU,
     ICMPv6NDOptPrefixInfo,
     ICMPv6NDOptSrcLLAddr,
+    ICMPv6PacketTooBig,
     ICMPv6TimeExceeded,
     IPerror6,
     IPv6,
@@ -468,6 +470,20 @@ def test_native_destination_to_tun_unchanged(core, dst, src):
     no_drops(core)
 
 
+def test_flow_to_tun_remembered_per_origin_and_bounded(core):
+    """The second packet of a flow takes the remembered decision; another origin is checked anew."""
+    raw = buf(IPv6(src=A_ADDR, dst="2001:db8:aaaa::1") / UDP(sport=1, dport=2))
+    for _ in range(2):
+        assert core.from_udp(bytearray(raw), A, NOW) == (TUN, None, None)
+    assert core.from_udp(bytearray(raw), B, NOW)[0] in (DROP, REPLY)  # B may not use A's address
+    assert core.counters.to_tun == 2 and core.counters.drops["bad_source"] == 1
+    assert core.from_udp(bytearray(raw), A, NOW) == (TUN, None, None)
+    for i in range(3 * 4096):  # many flows: the memory stays bounded
+        flow = buf(IPv6(src=A_ADDR, dst=f"2001:db8:aaaa::{i:x}") / UDP(sport=1, dport=2))
+        assert core.from_udp(flow, A, NOW) == (TUN, None, None)
+    assert len(core._tun_flows) <= 4096
+
+
 @pytest.mark.parametrize("iid", ["c433:6407:0:1", "0:0:0:1", "ffff:ffff:0:ffff", "c000:201:0:0"])
 def test_port0_destination_in_prefix_goes_to_tun(core, iid):
     raw = buf(IPv6(src=A_ADDR, dst=f"2001:db8:9:10:{iid}", hlim=1) / UDP(sport=1, dport=2))
@@ -570,6 +586,24 @@ def test_relay_to_port0_in_fc64_dropped(core):
     raw = buf(IPv6(src=A_ADDR, dst=peer(("203.0.113.9", 0), prefix=bytes.fromhex("fc640bedc0000201"))) / UDP())
     assert core.from_udp(raw, A, NOW) == (DROP, None, None)
     only_drop(core, "relay_forbidden")
+
+
+@pytest.mark.parametrize("lanid", [1, 5, 0x3FFF])
+def test_relay_into_the_routers_own_114_dropped(core, lanid):
+    """Its IPv4:port is the router's own socket: relaying there would send datagrams to itself."""
+    raw = buf(IPv6(src=A_ADDR, dst=peer((ROUTER_V4, 25790), lanid), hlim=64) / UDP())
+    assert core.from_udp(raw, A, NOW) == (DROP, None, None)
+    only_drop(core, "relay_forbidden")
+
+
+@pytest.mark.parametrize("error", [ICMPv6DestUnreach(), ICMPv6TimeExceeded(), ICMPv6PacketTooBig(mtu=1280)])
+def test_no_time_exceeded_for_an_icmp_error(core, error):
+    """RFC 4443 2.4(e): an ICMPv6 error never answers an ICMPv6 error."""
+    quoted = IPv6(src=B_ADDR, dst=A_ADDR) / UDP()
+    raw = buf(IPv6(src=A_ADDR, dst=B_ADDR, hlim=1) / error / quoted)
+    assert core.from_udp(raw, A, NOW) == (DROP, None, None)
+    only_drop(core, "hop_limit")
+    assert core.counters.icmp_errors_sent == 0
 
 
 def test_hop_limit_check_never_sends_to_forbidden(core):
@@ -710,6 +744,7 @@ def test_masquerade_udp_checksum_property(sport, data, origin):
         (buf(IPv6(src="2001:db8::1", dst=peer(("224.0.0.1", 4000))) / UDP()), "tun_forbidden"),
         (buf(IPv6(src="2001:db8::1", dst=peer(("255.255.255.255", 4000))) / UDP()), "tun_forbidden"),
         (buf(IPv6(src="2001:db8::1", dst=ROUTER_GLOBAL) / UDP()), "tun_to_self"),
+        (buf(IPv6(src="2001:db8::1", dst=peer((ROUTER_V4, 25790), 5)) / UDP()), "tun_to_self"),
     ],
 )
 def test_from_tun_dropped(core, raw, reason):

@@ -111,6 +111,8 @@ class RouterCore:
         self.address = config.address
         self.iid = self.address[8:]
         self.lladdr = addr.lladdr(config.ipv4, config.port)
+        # where the router's own /114 points: never a relay or TUN target (datagrams to itself)
+        self.endpoint = ("%d.%d.%d.%d" % tuple(config.ipv4), config.port)
         self.nd_targets = frozenset((icmp6.LINK_LOCAL_ROUTER, _FE80 + self.iid, self.address))
         self.extra_pios = [icmp6.PrefixInfo(p + bytes(16 - len(p)), n, 0) for p, n in config.routes]
         self._masq_rules = config.masquerade
@@ -246,12 +248,14 @@ class RouterCore:
     def _relay(self, packet, origin, now: float):
         counters = self.counters
         target = self._target(bytes(packet[32:40]))
-        if target is None:
+        if target is None or target == self.endpoint:
             counters.drop("relay_forbidden")
             return _DROPPED
         hop_limit = packet[7]
         if hop_limit <= 1:
             counters.drop("hop_limit")
+            if packet[6] == 58 and len(packet) > 40 and packet[40] < 128:
+                return _DROPPED  # RFC 4443 2.4(e): no ICMPv6 error about an ICMPv6 error
             if not self._icmp_error_limit.allow(now):
                 counters.drop("rate_limited")
                 self.rate_limit_hits += 1
@@ -381,14 +385,14 @@ class RouterCore:
             counters.drop("tun_port0")
             return _DROPPED
         iid = head[32:40]
-        if iid == self.iid:
-            counters.drop("tun_to_self")
-            return _DROPPED
         target = self._target_cache.get(iid, False)
         if target is False:
             target = self._target(iid)
         if target is None:
             counters.drop("tun_forbidden")
+            return _DROPPED
+        if target == self.endpoint:
+            counters.drop("tun_to_self")
             return _DROPPED
         if self._masq_hosts and head[8:24] in self._masq_hosts:
             rewrite_address(packet, 8, head[24:38] + bytes((head[38] & 0xC0, 0)))

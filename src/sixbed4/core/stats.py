@@ -23,7 +23,7 @@ DROP_REASONS: dict[str, str] = {
     "bad_source": "inner IPv6 source does not match the outer IPv4:port",
     "multicast": "multicast IPv6 destination",
     "hop_limit": "relay with hop limit 1 or 0",
-    "relay_forbidden": "relay to a forbidden IPv4 destination (0/8, 127/8, multicast, broadcast) or port 0",
+    "relay_forbidden": "relay to a forbidden IPv4 destination (0/8, 127/8, multicast, broadcast), port 0 or the router's own /114",
     "no_service": "packet for the router itself that no service or masquerading rule takes",
     "truncated": "transport header cut short",
     "rate_limited": "reply suppressed by a rate limit",
@@ -35,7 +35,7 @@ DROP_REASONS: dict[str, str] = {
     "tun_not_ours": "destination outside the served prefix",
     "tun_port0": "destination with port 0 (the host's own addresses)",
     "tun_forbidden": "destination encodes a forbidden IPv4 address",
-    "tun_to_self": "destination is the router's own address",
+    "tun_to_self": "destination in the router's own /114 (it would be sent to the router itself)",
     # the proxy Neighbor Discovery responder on the uplink (6bed4 proxy-nd, 6bed4router --proxy-nd)
     "proxy_not_ns": "frame on the uplink that is not an IPv6 Neighbor Solicitation",
     "proxy_other_host": "Neighbor Solicitation sent to another host's MAC address",
