@@ -50,8 +50,8 @@ class Lab:
 
     def add(self, role: str, *, forwarding: bool = False) -> str:
         name = self.name(role)
+        self.namespaces.append(name)  # first: a Ctrl-C during create() must still find it in close()
         pyroute2_netns.create(name)
-        self.namespaces.append(name)
         with IPRoute(netns=name) as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         self.sysctl(name, "net.ipv6.conf.all.accept_dad", "0")
