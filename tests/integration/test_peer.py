@@ -259,6 +259,19 @@ def test_usage_errors_are_one_line_exit_2():
         assert result.stderr.startswith("6bed4peer: ")
 
 
+def test_hook_that_cannot_run_is_a_usage_error(net, tmp_path):
+    """Found at start, not at the first lease: exit 2, one line, nothing created."""
+    not_executable = tmp_path / "hook"
+    not_executable.write_text("#!/bin/sh\n")
+    ns = net.clients["cl1"].ns
+    for hook in ("/nonexistent/hook", str(not_executable), "no-such-hook-on-path"):
+        result = net.lab.sh(ns, f"{sys.executable} -m sixbed4.peer.cli -s {topology.ROUTER_V4} -x {hook}", timeout=10,
+                            check=False)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == f"6bed4peer: -x {hook}: no such executable file\n"
+        assert not net.lab.has_link(ns, "6bed4")
+
+
 def test_keepalive_uses_its_ttl_and_the_socket_keeps_its_default():
     """The daemon's sender, on loopback: the keepalive leaves with TTL 3, an RS after it with the default."""
     from sixbed4.core.peer import Datagram, PeerConfig, PeerCore

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from .. import cliutil, config
@@ -114,7 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     except (addr.AddressError, cliutil.UsageError) as exc:
         return cliutil.fail(parser.prog, str(exc))
     cliutil.setup_logging(args.log_level)
-    logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its debug output is per netlink message
     return run_peer(settings, parser.prog)
 
 

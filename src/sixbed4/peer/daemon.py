@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import shutil
 import subprocess
 from dataclasses import dataclass
 
@@ -184,6 +185,8 @@ class Ticker:
 
 def run_peer(settings: PeerSettings, prog: str = "6bed4peer") -> int:
     config = settings.config
+    if settings.hook and shutil.which(settings.hook) is None:
+        return cliutil.fail(prog, f"-x {settings.hook}: no such executable file")
     with contextlib.ExitStack() as cleanup:
         try:
             try:
