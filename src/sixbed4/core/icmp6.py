@@ -161,6 +161,23 @@ def icmp6_error(src: bytes, icmp_type: int, code: int, offending, word: int = 0)
 # --- parsing ------------------------------------------------------------------
 
 
+def tun_packet_problem(packet, n: int) -> str | None:
+    """The drop reason for a packet from the kernel that no 6bed4 node forwards, or None.
+
+    Router and peer both refuse, first thing: not IPv6, over the 1280-byte link
+    MTU, Neighbor Discovery (6bed4 does its own) and multicast destinations.
+    """
+    if n < 40 or packet[0] >> 4 != 6:
+        return "tun_not_ipv6"
+    if n > MIN_MTU:
+        return "tun_too_long"
+    if packet[6] == 58 and n > 40 and ROUTER_SOLICIT <= packet[40] <= REDIRECT:
+        return "tun_nd"
+    if packet[24] == 0xFF:
+        return "tun_multicast"
+    return None
+
+
 def nd_options(message, offset: int) -> list[tuple[int, bytes]]:
     """Split the options of an ND message (ICMPv6 part) starting at `offset`.
 

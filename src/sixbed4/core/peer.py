@@ -259,17 +259,9 @@ class PeerCore:
         n = len(packet)
         counters.tun_in += 1
         counters.tun_in_bytes += n
-        if n < 40 or packet[0] >> 4 != 6:
-            counters.drop("tun_not_ipv6")
-            return _DROPPED
-        if n > _MTU:
-            counters.drop("tun_too_long")
-            return _DROPPED
-        if packet[6] == 58 and n > 40 and _ND_FIRST <= packet[40] <= _ND_LAST:
-            counters.drop("tun_nd")
-            return _DROPPED
-        if packet[24] == 0xFF:
-            counters.drop("tun_multicast")
+        problem = icmp6.tun_packet_problem(packet, n)
+        if problem is not None:
+            counters.drop(problem)
             return _DROPPED
         prefix14 = self._prefix14
         if not prefix14 or packet[8:22] != prefix14 or packet[22] & 0xC0 != self._prefix_bits:

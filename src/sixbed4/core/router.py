@@ -365,19 +365,11 @@ class RouterCore:
         n = len(packet)
         counters.tun_in += 1
         counters.tun_in_bytes += n
-        head = bytes(packet[:40])  # as in from_udp: cheap byte access
-        if n < 40 or head[0] >> 4 != 6:
-            counters.drop("tun_not_ipv6")
+        problem = icmp6.tun_packet_problem(packet, n)
+        if problem is not None:
+            counters.drop(problem)
             return _DROPPED
-        if n > _MTU:
-            counters.drop("tun_too_long")
-            return _DROPPED
-        if head[6] == 58 and n > 40 and _ND_FIRST <= packet[40] <= _ND_LAST:
-            counters.drop("tun_nd")
-            return _DROPPED
-        if head[24] == 0xFF:
-            counters.drop("tun_multicast")
-            return _DROPPED
+        head = bytes(packet[:40])  # cheap byte access, as in from_udp
         if head[24:32] != self.prefix:
             counters.drop("tun_not_ours")
             return _DROPPED
