@@ -10,9 +10,12 @@ the file gets the same one-line error as on the command line.
 from __future__ import annotations
 
 import argparse
+import sys
 import tomllib
+from typing import Callable
 
-from .cliutil import UsageError
+from .cliutil import UsageError, fail, setup_logging
+from .core.addr import AddressError
 
 
 def _long_options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -74,3 +77,15 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argpa
     path = config_path(argv)
     prefix = arguments_from_file(path, parser) if path else []
     return parser.parse_args(prefix + argv)
+
+
+def daemon_main(parser: argparse.ArgumentParser, to_settings: Callable, run: Callable[..., int],
+                argv: list[str] | None) -> int:
+    """A daemon's main(): options over its --config file, anything wrong is one line and exit 2, then run."""
+    try:
+        args = parse_with_config(parser, sys.argv[1:] if argv is None else argv)
+        settings = to_settings(args)
+    except (AddressError, UsageError) as exc:
+        return fail(parser.prog, str(exc))
+    setup_logging(args.log_level)
+    return run(settings, parser.prog)

@@ -8,10 +8,16 @@ effective, permitted and ambient sets.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import logging
 import os
 import pwd
 import socket
+
+from .metrics import serve_metrics
+
+log = logging.getLogger(__name__)
 
 PR_SET_KEEPCAPS = 8
 CAP_NET_ADMIN = 12
@@ -82,6 +88,22 @@ def drop_privileges(user: str, keep: tuple[int, ...] = (CAP_NET_ADMIN,)) -> None
     for cap in keep:  # so that hook scripts the peer runs keep them too
         libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0)
     os.environ["HOME"] = entry.pw_dir
+
+
+def serve_then_drop(metrics: tuple[str, int] | None, collectors, user: str | None,
+                    cleanup: contextlib.ExitStack) -> None:
+    """The daemons' last setup step: the metrics exporter, then the switch to `user`.
+
+    In this order because the exporter's thread imports modules lazily, which an
+    unprivileged user may not be able to read; it needs no capabilities itself.
+    Raises MetricsError or PrivilegeError, whose str() is the one-line message.
+    """
+    if metrics:
+        server = serve_metrics(metrics, *collectors)
+        cleanup.callback(server.shutdown)
+    if user:
+        drop_privileges(user)
+        log.info("running as user %s with CAP_NET_ADMIN only", user)
 
 
 def capabilities() -> dict[str, str]:

@@ -106,14 +106,7 @@ def settings_from_args(args: argparse.Namespace) -> PeerSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = config.parse_with_config(parser, sys.argv[1:] if argv is None else argv)
-        settings = settings_from_args(args)
-    except (addr.AddressError, cliutil.UsageError) as exc:
-        return cliutil.fail(parser.prog, str(exc))
-    cliutil.setup_logging(args.log_level)
-    return run_peer(settings, parser.prog)
+    return config.daemon_main(build_parser(), settings_from_args, run_peer, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from ..core import addr
 from ..core.peer import Configure, Datagram, Lease, Notice, PeerConfig, PeerCore, Unconfigure
 from ..io import netlink, service
 from ..io.datapath import Datapath, DatapathError
-from ..io.metrics import CountersCollector, MetricsError, serve_metrics
+from ..io.metrics import CountersCollector, MetricsError
 from ..io.tun import Tun, TunError
 from ..io.udp import UdpError, open_udp
 
@@ -213,27 +213,17 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer") -> int:
         hook = Hook(settings.hook)
         applier = LeaseApplier(setup, config, hook)
 
-        if settings.metrics:
-            def info() -> dict[str, str]:
-                lease = core.lease
-                return {"router": "%s:%d" % config.router,
-                        "address": addr.format_address(lease.address) if lease else ""}
+        def info() -> dict[str, str]:
+            lease = core.lease
+            return {"router": "%s:%d" % config.router, "address": addr.format_address(lease.address) if lease else ""}
 
-            collector = CountersCollector("sixbed4_peer", core.counters, info)
-            try:
-                server = serve_metrics(settings.metrics, collector)
-            except MetricsError as exc:
-                return cliutil.fail(prog, str(exc))
-            cleanup.callback(server.shutdown)
-        if settings.user:
-            # After the metrics server (its lazy imports still as root): its thread becomes the
-            # user without capabilities, it needs none; this thread keeps CAP_NET_ADMIN to
-            # re-address on a corrective RA, and passes it on to the hook.
-            try:
-                service.drop_privileges(settings.user)
-            except service.PrivilegeError as exc:
-                return cliutil.fail(prog, str(exc))
-            log.info("running as user %s with CAP_NET_ADMIN only", settings.user)
+        # This thread keeps CAP_NET_ADMIN after the switch to --user: it re-addresses on a
+        # corrective RA and passes the capability on to the hook.
+        try:
+            service.serve_then_drop(settings.metrics, [CountersCollector("sixbed4_peer", core.counters, info)],
+                                    settings.user, cleanup)
+        except (MetricsError, service.PrivilegeError) as exc:
+            return cliutil.fail(prog, str(exc))
         cleanup.callback(hook.withdraw)  # del-offers first; then undo() removes addresses and routes
         datapath = Datapath(sock, tun, core)
         cleanup.callback(datapath.close)

@@ -13,7 +13,7 @@ from ..core.router import RouterConfig, RouterCore
 from ..io import netlink
 from ..io import service
 from ..io.datapath import Datapath, DatapathError
-from ..io.metrics import CountersCollector, MetricsError, serve_metrics
+from ..io.metrics import CountersCollector, MetricsError
 from ..io.tun import Tun, TunError
 from ..io.udp import UdpError, open_udp
 
@@ -127,21 +127,13 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
 
         core = RouterCore(config)
         prefix_text = addr.format_address(config.prefix + bytes(8))
-        if settings.metrics:
-            info = {"prefix": f"{prefix_text}/64", "address": addr.format_address(config.address)}
-            collectors.append(
-                CountersCollector("sixbed4_router", core.counters, lambda: info, lambda: core.rate_limit_hits))
-            try:
-                server = serve_metrics(settings.metrics, *collectors)
-            except MetricsError as exc:
-                return cliutil.fail(prog, str(exc))
-            cleanup.callback(server.shutdown)
-        if settings.user:
-            try:
-                service.drop_privileges(settings.user)
-            except service.PrivilegeError as exc:
-                return cliutil.fail(prog, str(exc))
-            log.info("running as user %s with CAP_NET_ADMIN only", settings.user)
+        info = {"prefix": f"{prefix_text}/64", "address": addr.format_address(config.address)}
+        collectors.append(
+            CountersCollector("sixbed4_router", core.counters, lambda: info, lambda: core.rate_limit_hits))
+        try:
+            service.serve_then_drop(settings.metrics, collectors, settings.user, cleanup)
+        except (MetricsError, service.PrivilegeError) as exc:
+            return cliutil.fail(prog, str(exc))
         datapath = Datapath(sock, tun, core)
         cleanup.callback(datapath.close)
         log.info(
