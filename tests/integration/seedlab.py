@@ -23,19 +23,21 @@ from dataclasses import dataclass
 
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 
+from sixbed4.demo.scenario import (  # the seed's numbers, as the demo uses them
+    INET6,
+    PREFIX,
+    SERVERS,
+    UPSTREAM_LINK_LOCAL,
+    UPSTREAM_MAC,
+    VM_LINK_LOCAL,
+    VM_MAC,
+    VM_V4,
+)
+from sixbed4.demo.scenario import HOME_PUBLIC as NAT_PUBLIC
+
 from tests.integration.sixclient import SixClient
 from tests.integration.topology import nat
 from tests.netlab import Lab
-
-PREFIX = "2001:db8:9:10::/64"
-VM_MAC = "a8:bb:cc:00:11:22"
-VM_LINK_LOCAL = "fe80::aabb:ccff:fe00:1122"
-UPSTREAM_MAC = "a8:bb:cc:dd:ee:ff"
-UPSTREAM_LINK_LOCAL = "fe80::aabb:ccff:fedd:eeff"
-VM_V4 = "192.0.2.1"
-INET6 = "2001:db8:1::80"
-SERVERS = ("2001:db8:9:10::11", "2001:db8:9:10::30")
-NAT_PUBLIC = "198.51.100.7"
 
 
 @dataclass
