@@ -278,7 +278,6 @@ def compute_plan(state: HostState, options: Options) -> Plan:
             f"{a.address}/{plen} on {target}")
 
     # --- misconfigurations: the /64 sent back to the uplink ---------------------------
-    prefix_net = addr.format_address(prefix + bytes(8))
     uplink_64_routes = [r for r in state.routes if r.table == MAIN_TABLE and r.dst_len == 64
                         and ipaddress.IPv6Address(r.dst).packed[:8] == prefix and r.ifname == uplink]
     for r in uplink_64_routes:
@@ -367,8 +366,8 @@ def compute_plan(state: HostState, options: Options) -> Plan:
     remaining_covering = {a.address for a in on_uplink_covering}
     for r in uplink_64_routes:
         auto = (r.proto == RTPROT_KERNEL and r.gateway is None and remaining_covering)
-        why = (f"the prefix route of the /64 addresses (removed by the kernel with them; "
-               f"deleted here if it is still there)" if auto else f"stop sending the /64 to {uplink}")
+        why = ("the prefix route of the /64 addresses (removed by the kernel with them; "
+               "deleted here if it is still there)" if auto else f"stop sending the /64 to {uplink}")
         plan.changes.append(Change("route_del", asdict(r), f"ip -6 route del {route_text(r)}", why))
 
     # --- what the upstream should do -------------------------------------------------------------
