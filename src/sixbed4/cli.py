@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the seed's scenario live in network namespaces (root)",
         description="Build the seed's scenario in network namespaces (hosting upstream, VM with a /64, "
-                    "home NAT with a gateway, a phone), run host setup, the router and two peers, and print "
+                    "home NAT with a gateway and a laptop behind it, a phone), run host setup, the router and two peers, and print "
                     "who reaches whom. Exit code 0 only if everything passed.",
     )
     p.add_argument("--keep", action="store_true", help="leave the lab running and print how to enter it")

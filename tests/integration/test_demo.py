@@ -12,10 +12,11 @@ import pytest
 from pyroute2 import netns as pyroute2_netns
 
 DEMO = [sys.executable, "-m", "sixbed4.cli", "demo"]
-EXPECTED_CELLS = {
-    ("gateway", "internet"), ("gateway", "vm ::11"), ("gateway", "vm ::30"), ("gateway", "phone"),
-    ("phone", "internet"), ("phone", "vm ::11"), ("phone", "vm ::30"), ("phone", "gateway"),
-    ("internet", "gateway"), ("internet", "phone"),
+PEERS_AND_LAN = ("gateway", "laptop", "phone")
+EXPECTED_CELLS = {  # everyone behind 6bed4 to everything, and the Internet host back to them
+    *((source, target) for source in PEERS_AND_LAN for target in ("internet", "vm ::11", "vm ::30", *PEERS_AND_LAN)
+      if source != target),
+    *(("internet", target) for target in PEERS_AND_LAN),
 }
 
 
@@ -58,7 +59,8 @@ def test_demo_passes_every_cell_and_cleans_up(upstream):
     assert set(cells) == EXPECTED_CELLS
     assert set(cells.values()) == {"pass"}
     assert re.search(r"iperf3 TCP, 3 s\): [\d.]+ Mbit/s", result.stdout)
-    assert "ALL PASSED (10/10" in result.stdout
+    assert "ALL PASSED (18/18" in result.stdout
+    assert re.search(r"laptop behind the gateway takes 2001:db8:9:10:c433:6407:[0-9a-f]+:8002 ", result.stdout)
     assert "cleaned up" in result.stdout
     print(f"demo --upstream {upstream} took {took:.1f}s")
 
@@ -66,7 +68,7 @@ def test_demo_passes_every_cell_and_cleans_up(upstream):
 def test_demo_interrupted_cleans_up_and_says_so():
     proc = subprocess.Popen([*DEMO], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(demo_namespaces()) < 6:
+    while time.monotonic() < deadline and len(demo_namespaces()) < 7:
         time.sleep(0.1)
     assert demo_namespaces(), "the demo never built its lab"
     proc.send_signal(signal.SIGINT)

@@ -6,12 +6,14 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from pyroute2 import IPRoute
 
@@ -141,7 +143,7 @@ def main(argv_prog: str, keep: bool, upstream: str, python: str) -> int:
 
 def _run(lab: Lab, progress: Progress, routed: bool, python: str, keep: bool) -> int:
     progress.step("building the lab: upstream router + Internet, VM with eth0 "
-                  f"{scenario.VM_MAC}, home NAT with a gateway, a phone")
+                  f"{scenario.VM_MAC}, home NAT with a gateway and a laptop behind it, a phone")
     sc = scenario.build(lab, upstream_routes_prefix=routed)
     ns = sc.roles
     how = "routes the /64 to the VM's link-local address" if routed else "has the /64 on-link (needs proxy ND)"
@@ -168,8 +170,11 @@ def _run(lab: Lab, progress: Progress, routed: bool, python: str, keep: bool) ->
         return 1
 
     peers = {"gateway": ns["gateway"], "phone": ns["phone"]}
+    offer = lab.logdir / "gateway-offer"
+    hooks = {"gateway": ["-x", write_hook(lab, python, offer)], "phone": []}
     for role, peer_ns in peers.items():
-        lab.start(peer_ns, [python, "-m", "sixbed4.peer.cli", "-s", scenario.VM_V4, "-r"], f"peer-{role}")
+        lab.start(peer_ns, [python, "-m", "sixbed4.peer.cli", "-s", scenario.VM_V4, "-r", *hooks[role]],
+                  f"peer-{role}")
     addresses = {}
     for role, peer_ns in peers.items():
         address = progress.wait(f"6bed4peer on the {role} asks for an address",
@@ -179,10 +184,18 @@ def _run(lab: Lab, progress: Progress, routed: bool, python: str, keep: bool) ->
             return 1
         addresses[role] = address
         progress.step(f"{role} has {address}")
+    laptop = progress.wait("the gateway's hook offers an address to its LAN",
+                           lambda: offer.exists() and offer.read_text().strip(), 5)
+    if not laptop:
+        progress.step("no offer from the gateway's hook:\n" + _indent(lab.log("peer-gateway")))
+        return 1
+    lab.address(ns["laptop"], "eth0", f"{laptop}/128")
+    addresses["laptop"] = laptop
+    progress.step(f"laptop behind the gateway takes {laptop} (lanid 2 of the gateway's /114)")
 
     targets = {"internet": scenario.INET6, "vm ::11": scenario.SERVERS[0], "vm ::30": scenario.SERVERS[1],
-               "gateway": addresses["gateway"], "phone": addresses["phone"]}
-    sources = {"gateway": ns["gateway"], "phone": ns["phone"], "internet": ns["inet"]}
+               **{role: addresses[role] for role in ("gateway", "laptop", "phone")}}
+    sources = {role: ns[role] for role in ("gateway", "laptop", "phone")} | {"internet": ns["inet"]}
     cells = []
     progress.step("pinging every pair")
     for source, source_ns in sources.items():
@@ -212,6 +225,14 @@ def iperf(lab: Lab, server_ns: str, client_ns: str) -> tuple[bool, str]:
     except (ValueError, KeyError):
         return False, "failed"
     return bits > 0, f"{bits / 1e6:.1f} Mbit/s"
+
+
+def write_hook(lab: Lab, python: str, offer: Path) -> str:
+    """The gateway's -x hook: a wrapper around sixbed4.demo.gateway_hook that knows where to put the offer."""
+    hook = lab.logdir / "gateway-hook"
+    hook.write_text(f"#!/bin/sh\nexec {shlex.quote(python)} -m sixbed4.demo.gateway_hook {shlex.quote(str(offer))} \"$@\"\n")
+    hook.chmod(0o755)
+    return str(hook)
 
 
 def _indent(text: str) -> str:

@@ -6,6 +6,8 @@
         homenat (198.51.100.7) --+         +-- phone (203.0.113.50): 6bed4peer
           |  NAT, random ports
         gateway (192.168.1.2): 6bed4peer, the home network's 6bed4 gateway
+          |  lan0 fe80::1: its hook routes the first offered address (lanid 2) here
+        laptop: IPv6 only through the gateway
 
 `upstream` is the hosting provider's router and the whole Internet, IPv4 and
 IPv6.  It either routes the /64 to the VM's link-local address (as the seed
@@ -29,6 +31,7 @@ INET6 = "2001:db8:1::80"
 SERVERS = ("2001:db8:9:10::11", "2001:db8:9:10::30")
 HOME_PUBLIC = "198.51.100.7"
 PHONE_V4 = "203.0.113.50"
+GATEWAY_LAN_LINK_LOCAL = "fe80::1"
 
 
 @dataclass
@@ -38,7 +41,8 @@ class Scenario:
 
     @property
     def roles(self) -> dict[str, str]:
-        return {role: self.lab.name(role) for role in ("upstream", "inet", "vm", "homenat", "gateway", "phone")}
+        roles = ("upstream", "inet", "vm", "homenat", "gateway", "laptop", "phone")
+        return {role: self.lab.name(role) for role in roles}
 
 
 def build(lab: Lab, upstream_routes_prefix: bool) -> Scenario:
@@ -47,7 +51,8 @@ def build(lab: Lab, upstream_routes_prefix: bool) -> Scenario:
     inet = lab.add("inet")
     vm = lab.add("vm")
     homenat = lab.add("homenat", forwarding=True)
-    gateway = lab.add("gateway")
+    gateway = lab.add("gateway", forwarding=True)
+    laptop = lab.add("laptop")
     phone = lab.add("phone")
 
     # the VM's uplink: one Ethernet link carrying IPv4 and the /64
@@ -83,6 +88,10 @@ def build(lab: Lab, upstream_routes_prefix: bool) -> Scenario:
         '  oifname "wan" masquerade random\n }\n}\n'))
     if nat.returncode != 0:
         raise RuntimeError(f"nft in {homenat}: {nat.stderr.strip()}")
+    # the home LAN's IPv6 side: a laptop behind the gateway, which routes for it
+    lab.veth(gateway, "lan0", laptop, "eth0")
+    lab.address(gateway, "lan0", f"{GATEWAY_LAN_LINK_LOCAL}/64")
+    lab.route(laptop, "::/0", via=GATEWAY_LAN_LINK_LOCAL, dev="eth0")
 
     # a phone with its own public IPv4 address
     lab.veth(up, "mob0", phone, "eth0")
