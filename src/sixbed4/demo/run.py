@@ -32,8 +32,15 @@ class Progress:
         self.stream = stream
         self.tty = stream.isatty()
         self.started = time.monotonic()
+        self.interrupted = False  # set by the signal handler; every step and wait raises on it
+
+    def check(self) -> None:
+        """KeyboardInterrupt if a signal came, also if library code swallowed the first one."""
+        if self.interrupted:
+            raise KeyboardInterrupt
 
     def step(self, text: str) -> None:
+        self.check()
         self.stream.write(f"[{time.monotonic() - self.started:5.1f}s] {text}\n")
         self.stream.flush()
 
@@ -42,6 +49,7 @@ class Progress:
         frames = "|/-\\"
         tick = 0
         while True:
+            self.check()
             value = predicate()
             elapsed = time.monotonic() - start
             if value or elapsed > timeout:
@@ -122,18 +130,24 @@ def main(argv_prog: str, keep: bool, upstream: str, python: str) -> int:
         # this handler, and must die quietly instead of tearing the lab down from the child.
         if os.getpid() != demo_pid:
             os._exit(128 + signum)
+        progress.interrupted = True
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_signal)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
     try:
-        return _run(lab, progress, upstream == "routed", python, keep)
+        result = _run(lab, progress, upstream == "routed", python, keep)
+        progress.check()
+        return result
     except KeyboardInterrupt:
+        progress.interrupted = False
         progress.step("interrupted")
         return 130
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         progress.step(f"the lab failed: {exc}")
         return 1
     finally:
+        progress.interrupted = False  # reported above; cleanup must run to the end
         if keep and lab.namespaces:
             _print_keep(lab)
         else:
@@ -202,6 +216,7 @@ def _run(lab: Lab, progress: Progress, routed: bool, python: str, keep: bool) ->
         for target, address in targets.items():
             if target == source or (source == "internet" and target.startswith("vm")):
                 continue
+            progress.check()
             ok, detail = ping(lab, source_ns, address)
             cells.append(Cell(source, target, ok, detail))
     print_matrix(cells, list(sources), list(targets))
