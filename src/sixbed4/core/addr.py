@@ -42,7 +42,7 @@ class Endpoint:
 
     @property
     def ipv4_text(self) -> str:
-        return str(ipaddress.IPv4Address(self.ipv4))
+        return format_ipv4(self.ipv4)
 
 
 def encode(prefix: bytes, ipv4: bytes, port: int, lanid: int = 0) -> bytes:
@@ -204,6 +204,11 @@ def parse_route(text: str) -> tuple[bytes, int]:
 
 def format_address(address: bytes) -> str:
     return str(ipaddress.IPv6Address(bytes(address)))
+
+
+def format_ipv4(ipv4: bytes) -> str:
+    """Dotted quad, as sockets and recvfrom() spell IPv4 addresses."""
+    return "%d.%d.%d.%d" % tuple(ipv4)
 
 
 def parse_address(text: str, what: str = "") -> bytes:

@@ -112,7 +112,7 @@ class RouterCore:
         self.iid = self.address[8:]
         self.lladdr = addr.lladdr(config.ipv4, config.port)
         # where the router's own /114 points: never a relay or TUN target (datagrams to itself)
-        self.endpoint = ("%d.%d.%d.%d" % tuple(config.ipv4), config.port)
+        self.endpoint = (addr.format_ipv4(config.ipv4), config.port)
         self.nd_targets = frozenset((icmp6.LINK_LOCAL_ROUTER, _FE80 + self.iid, self.address))
         self.extra_pios = [icmp6.PrefixInfo(p + bytes(16 - len(p)), n, 0) for p, n in config.routes]
         self._masq_rules = config.masquerade

@@ -88,7 +88,7 @@ def settings_from_args(args: argparse.Namespace) -> PeerSettings:
     addr.parse_ipv4(args.v4listen, "-l")
     period, ttl = args.keepalive
     config = PeerConfig(
-        router_ipv4=".".join(str(b) for b in server),
+        router_ipv4=addr.format_ipv4(server),
         router_port=args.router_port,
         keepalive=period,
         keepalive_ttl=ttl,

@@ -111,7 +111,7 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
             cleanup.callback(setup.close)
             cleanup.callback(setup.undo)
             configure_tun(setup, config, settings.prefix_route)
-            listen = ".".join(str(b) for b in config.ipv4)
+            listen = addr.format_ipv4(config.ipv4)
             watch = netlink.LinkWatch.tun_and_uplink(setup, listen)
         except (UdpError, TunError, netlink.NetlinkSetupError) as exc:
             return cliutil.fail(prog, exc.strerror or str(exc))
