@@ -161,19 +161,25 @@ def icmp6_error(src: bytes, icmp_type: int, code: int, offending, word: int = 0)
 # --- parsing ------------------------------------------------------------------
 
 
+_JUDGED = struct.Struct("B5xB17xB")  # first byte (version), next header, destination's first byte
+
+
 def tun_packet_problem(packet, n: int) -> str | None:
     """The drop reason for a packet from the kernel that no 6bed4 node forwards, or None.
 
     Router and peer both refuse, first thing: not IPv6, over the 1280-byte link
     MTU, Neighbor Discovery (6bed4 does its own) and multicast destinations.
     """
-    if n < 40 or packet[0] >> 4 != 6:
+    if n < 40:
+        return "tun_not_ipv6"
+    first, next_header, destination_first = _JUDGED.unpack_from(packet)
+    if first >> 4 != 6:
         return "tun_not_ipv6"
     if n > MIN_MTU:
         return "tun_too_long"
-    if packet[6] == 58 and n > 40 and ROUTER_SOLICIT <= packet[40] <= REDIRECT:
+    if next_header == 58 and n > 40 and ROUTER_SOLICIT <= packet[40] <= REDIRECT:
         return "tun_nd"
-    if packet[24] == 0xFF:
+    if destination_first == 0xFF:
         return "tun_multicast"
     return None
 

@@ -33,6 +33,7 @@ _FE80 = addr.LINK_LOCAL_64
 _FC64 = addr.FC64_PREFIX
 _CACHE_LIMIT = 4096  # bounded: memory must not grow with the number of peers
 _HEADER = struct.Struct("!B3xHBx32s")  # version nibble, payload length, next header, source + destination
+_DESTINATION = struct.Struct("24x16s")
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class RouterCore:
         self._origin_cache: dict[tuple[str, int], bytes | None] = {}
         self._target_cache: dict[bytes, tuple[str, int] | None] = {}
         self._tun_flows: dict[bytes, tuple[str, int]] = {}  # source + destination -> origin
+        self._tun_verdicts: dict[bytes, tuple | str] = {}  # destination -> SEND action or drop reason
         self.rate_limit_hits = 0
 
     # --- helpers -----------------------------------------------------------
@@ -369,28 +371,39 @@ class RouterCore:
         if problem is not None:
             counters.drop(problem)
             return _DROPPED
-        head = bytes(packet[:40])  # cheap byte access, as in from_udp
-        if head[24:32] != self.prefix:
-            counters.drop("tun_not_ours")
+        destination = _DESTINATION.unpack_from(packet)[0]
+        verdict = self._tun_verdicts.get(destination)
+        if verdict is None:
+            verdict = self._tun_verdict(destination)
+        if verdict.__class__ is str:
+            counters.drop(verdict)
             return _DROPPED
-        if head[36] == 0 and head[37] == 0:
-            counters.drop("tun_port0")
-            return _DROPPED
-        iid = head[32:40]
-        target = self._target_cache.get(iid, False)
-        if target is False:
-            target = self._target(iid)
-        if target is None:
-            counters.drop("tun_forbidden")
-            return _DROPPED
-        if target == self.endpoint:
-            counters.drop("tun_to_self")
-            return _DROPPED
-        if self._masq_hosts and head[8:24] in self._masq_hosts:
-            rewrite_address(packet, 8, head[24:38] + bytes((head[38] & 0xC0, 0)))
+        if self._masq_hosts and bytes(packet[8:24]) in self._masq_hosts:
+            rewrite_address(packet, 8, destination[:14] + bytes((destination[14] & 0xC0, 0)))
             counters.masqueraded += 1
         counters.to_udp += 1
-        return (SEND, None, target)
+        return verdict
+
+    def _tun_verdict(self, destination: bytes):
+        """Where a packet from the kernel to `destination` goes: a SEND action or a drop reason; remembered."""
+        iid = destination[8:]
+        if destination[:8] != self.prefix:
+            verdict = "tun_not_ours"
+        elif iid[4] == 0 and iid[5] == 0:
+            verdict = "tun_port0"
+        else:
+            target = self._target(iid)
+            if target is None:
+                verdict = "tun_forbidden"
+            elif target == self.endpoint:
+                verdict = "tun_to_self"
+            else:
+                verdict = (SEND, None, target)
+        verdicts = self._tun_verdicts
+        if len(verdicts) >= _CACHE_LIMIT:
+            verdicts.clear()
+        verdicts[destination] = verdict
+        return verdict
 
 
 __all__ = ["RouterCore", "RouterConfig", "MasqRule", "Limits", "DROP", "TUN", "SEND", "REPLY", "rewrite_address"]

@@ -5,35 +5,31 @@ then the other side gets its turn) without a poll per packet.  Receive buffers
 are allocated once; the core edits packets in place and says where they go.
 Shared by the router and the peer: both cores speak the same action tuples.
 
-Python pays per system call, so sends use UDP GSO: one send carries a run of
-same-size packets for the same destination (the kernel splits it).  TUN
-packets are read back to back into one buffer so that such a run is already
-contiguous.  Without GSO in the kernel, one datagram per call.
+Python and the kernel pay per system call and per packet handed over, so
+both directions batch: datagrams arrive by the receiver's worth (recvmmsg);
+a run of one UDP flow goes to the TUN as one GSO packet (TunWriter); a run of
+same-size packets from the TUN for one peer leaves in one UDP GSO send
+(GsoSender).  Where the kernel has no GSO, one packet per call.
 """
 
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import select
 import signal
 import socket
-import struct
 import time
 from typing import Callable, Protocol
 
 from ..core.router import DROP, REPLY, SEND, TUN
 from ..core.stats import Counters
-from .tun import Tun
+from .tun import NO_OFFLOAD, VNET_HEADER, Tun, TunWriter
+from .udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, BatchReceiver, GsoSender
 
-log = logging.getLogger(__name__)
 
 BATCH = 256  # packets per turn of one side
-RECV_BUFFER = 65536  # any UDP datagram fits: over-long ones are seen whole, and dropped
-SOL_UDP, UDP_SEGMENT = 17, 103
-GSO_MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS is 64 or more
-GSO_MAX_BYTES = 65000  # below the 65507-byte UDP payload limit
+TUN_SLOT = VNET_HEADER + 2048  # longer packets (the TUN's MTU is 1280) are cut, and dropped as too long
 _TUN_FATAL_OK = (errno.EINVAL, errno.ENOBUFS)  # one bad packet, not a dead device
 
 
@@ -55,12 +51,14 @@ class Datapath:
         self.tun = tun
         self.core = core
         self.clock = clock
-        self._udp_buffer = bytearray(RECV_BUFFER)
-        self._udp_view = memoryview(self._udp_buffer)
-        # Room for a full GSO run plus one maximal packet read behind it.
-        self._tun_buffer = bytearray(GSO_MAX_BYTES + RECV_BUFFER)
-        self._tun_view = memoryview(self._tun_buffer)
-        self.gso = True  # cleared when the kernel refuses UDP_SEGMENT
+        self._receiver = BatchReceiver(sock, headroom=VNET_HEADER)
+        self._tun_writer = TunWriter(tun, self._receiver.buffer, lambda exc, count: self._failed(True, exc, count))
+        self._udp_sender = GsoSender(sock, lambda exc, count: self._failed(False, exc, count))
+        self.tun_file = open(tun.fd, "r+b", buffering=0, closefd=False)  # readinto() returns None on EAGAIN
+        # One slot per packet of a turn, so a run can be sent from where it was read.
+        tun_buffer = memoryview(bytearray(BATCH * TUN_SLOT))
+        self._tun_reads = [tun_buffer[at : at + TUN_SLOT] for at in range(0, BATCH * TUN_SLOT, TUN_SLOT)]
+        self._tun_packets = [read[VNET_HEADER:] for read in self._tun_reads]
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -74,7 +72,7 @@ class Datapath:
             return
         try:
             if kind == TUN:
-                os.write(self.tun.fd, packet)
+                os.writev(self.tun.fd, (NO_OFFLOAD, packet))
             elif kind == SEND:
                 self.sock.sendto(packet, address)
             elif kind == REPLY:
@@ -88,80 +86,51 @@ class Datapath:
         if to_tun and exc.errno not in _TUN_FATAL_OK and not isinstance(exc, (BlockingIOError, InterruptedError)):
             raise DatapathError(f"writing to {self.tun.name}: {exc.strerror}") from None
 
-    def _send_run(self, size: int, count: int, address) -> None:
-        """Send `count` packets of `size` bytes lying back to back at the buffer's start, in one GSO send if possible."""
-        view = self._tun_view
-        if count == 1:
-            try:
-                self.sock.sendto(view[:size], address)
-            except OSError as exc:
-                self._failed(False, exc)
-            return
-        if self.gso:
-            try:
-                self.sock.sendmsg([view[: size * count]],
-                                  [(SOL_UDP, UDP_SEGMENT, struct.pack("H", size))], 0, address)
-                return
-            except (BlockingIOError, InterruptedError) as exc:
-                self._failed(False, exc, count)
-                return
-            except OSError as exc:
-                if exc.errno not in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
-                    self._failed(False, exc, count)
-                    return
-                log.info("UDP GSO unavailable (%s): sending one datagram per packet", exc.strerror)
-                self.gso = False
-        for at in range(0, size * count, size):
-            try:
-                self.sock.sendto(view[at : at + size], address)
-            except OSError as exc:
-                self._failed(False, exc)
-
     # --- the two directions --------------------------------------------------
 
     def drain_udp(self) -> bool:
-        """Handle up to BATCH datagrams; True if more may be waiting."""
-        recv = self.sock.recvfrom_into
-        buffer = self._udp_buffer
-        view = self._udp_view
+        """Handle up to BATCH datagrams, a receiver's worth per system call; True if more may be waiting."""
+        receiver = self._receiver
+        receive, packets, offsets, slots = receiver.receive, receiver.packets, receiver.offsets, receiver.slots
         from_udp = self.core.from_udp
         emit = self._emit
-        write, tun_fd = os.write, self.tun.fd
+        write_tun = self._tun_writer.write
         now = self.clock()
-        for _ in range(BATCH):
+        for _ in range(0, BATCH, slots):
             try:
-                n, origin = recv(buffer)
-            except (BlockingIOError, InterruptedError):
-                return False
+                lengths, origins = receive()
             except OSError:  # e.g. a queued ICMP error for an earlier send
                 continue
-            packet = view[:n]
-            action = from_udp(packet, origin, now)
-            if action[0] == TUN:  # the common case, without a call
-                try:
-                    write(tun_fd, packet)
-                except OSError as exc:
-                    self._failed(True, exc)
-            elif action[0] != DROP:
-                emit(action, packet)
+            to_tun = []
+            for slot, n in enumerate(lengths):
+                packet = packets[slot][:n]
+                action = from_udp(packet, origins[slot], now)
+                if action[0] == TUN:  # the common case: collected, written together
+                    to_tun.append((offsets[slot], n))
+                elif action[0] != DROP:
+                    emit(action, packet)
+            if to_tun:
+                write_tun(to_tun)
+            if len(lengths) < slots:
+                return False  # the socket is drained
         return True
 
     def drain_tun(self) -> bool:
         """Handle up to BATCH packets from the kernel; True if more may be waiting.
 
-        Packets to send are read back to back; a run of same-size packets for the
-        same destination goes out as one GSO send when the run breaks or fills.
+        Each packet is read into its own slot.  A run of same-size packets for
+        the same destination leaves in one GSO send when the run breaks or fills.
         """
-        readinto = self.tun.file.readinto
-        view = self._tun_view
+        readinto, reads, packets = self.tun_file.readinto, self._tun_reads, self._tun_packets
         from_tun = self.core.from_tun
-        at = 0  # where the next packet is read
-        run_size = run_count = 0  # the run being collected lies at 0 .. at
+        send_run = self._udp_sender.send_run
+        run: list = []  # packets of the run being collected
+        run_size = 0
         run_address = None
         more = True
-        for _ in range(BATCH):
+        for slot in range(BATCH):
             try:
-                n = readinto(view[at : at + RECV_BUFFER])
+                n = readinto(reads[slot])
             except InterruptedError:
                 continue
             except OSError as exc:
@@ -169,31 +138,27 @@ class Datapath:
             if n is None:
                 more = False
                 break
-            if n == 0:
+            if n < VNET_HEADER:
                 raise DatapathError(f"{self.tun.name} was closed")
-            packet = view[at : at + n]
+            size = n - VNET_HEADER
+            packet = packets[slot][:size]
             action = from_tun(packet)
             kind, data, address = action
             if kind == SEND and data is None:
-                if run_count and (n != run_size or address != run_address):
-                    self._send_run(run_size, run_count, run_address)
-                    run_count = 0
-                    view[0:n] = packet  # runs start at 0, so a full one always leaves room to read
-                    at = 0
-                if not run_count:
-                    run_size, run_address = n, address
-                run_count += 1
-                at += n
-                if run_count >= GSO_MAX_SEGMENTS or at + n > GSO_MAX_BYTES:
-                    self._send_run(run_size, run_count, run_address)
-                    run_count = at = 0
+                if run and (size != run_size or address != run_address or len(run) == GSO_MAX_SEGMENTS
+                            or (len(run) + 1) * size > GSO_MAX_BYTES):
+                    send_run(run, address=run_address)
+                    run = []
+                if not run:
+                    run_size, run_address = size, address
+                run.append(packet)
             elif kind != DROP:
-                if run_count:
-                    self._send_run(run_size, run_count, run_address)
-                    run_count = at = 0
+                if run:
+                    send_run(run, address=run_address)
+                    run = []
                 self._emit(action, packet)
-        if run_count:
-            self._send_run(run_size, run_count, run_address)
+        if run:
+            send_run(run, address=run_address)
         return more
 
     # --- the loop -------------------------------------------------------------
@@ -244,5 +209,6 @@ class Datapath:
             pass
 
     def close(self) -> None:
+        self.tun_file.close()
         self._wake_r.close()
         self._wake_w.close()
