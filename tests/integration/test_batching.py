@@ -129,3 +129,9 @@ def test_packets_from_the_tun_for_one_peer_leave_as_fewer_udp_sends(net, client)
     assert all(p.src == topology.INET6 and p.dst == client.address for p in got)
     sends = nft_packets(net, "sent") - before
     assert 1 <= sends <= 60 // 10, f"{sends} UDP sends for 60 packets to one peer"
+
+
+def test_tun_queue_holds_as_much_as_the_socket_buffer(net):
+    # the kernel's default of 500 packets overflows in a 2 ms scheduling hiccup at full rate
+    link = net.lab.sh(net.router, "ip link show dev 6bed4").stdout
+    assert "mtu 1280" in link and "qlen 2000" in link, link

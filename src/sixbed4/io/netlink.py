@@ -30,6 +30,9 @@ class NetlinkSetupError(OSError):
     """A change the kernel refused; str() says which one and why."""
 
 
+TUN_QUEUE = 2000  # packets: ~7 ms at 300,000 packets/s, ~2.5 MB of 1280-byte packets
+
+
 def sysctl_path(key: str) -> Path:
     """net.ipv6.conf.eth0.forwarding -> /proc/sys/net/ipv6/conf/eth0/forwarding."""
     parts = key.split(".")
@@ -74,8 +77,15 @@ class InterfaceSetup:
             write_sysctl(key, value)
             self._undo.append(("sysctl", (key, old), {}))
 
-    def link_up(self, mtu: int) -> None:
-        self._call("setting MTU and state up", "link", "set", index=self.index, mtu=mtu, state="up")
+    def link_up(self, mtu: int, queue: int = TUN_QUEUE) -> None:
+        """MTU, transmit queue length and state up.
+
+        The queue is where packets routed into a TUN device wait for the daemon;
+        the kernel's 500 last 1.7 ms at 300,000 packets/s, shorter than a
+        scheduling hiccup, so it is as long as the UDP socket's buffer instead.
+        """
+        self._call("setting MTU, queue length and state up", "link", "set", index=self.index, mtu=mtu,
+                   txqlen=queue, state="up")
 
     def has_address(self, address: str, prefixlen: int) -> bool:
         packed = ipaddress.IPv6Address(address)

@@ -122,25 +122,26 @@ class TunWriter:
     def write(self, packets) -> None:
         """Write `packets`, a sequence of (offset, length) in the buffer, in order."""
         buffer = self.buffer
-        run: list[tuple[int, int]] = []
-        run_key = None
+        run: list[int] = []  # offsets of packets of run_size bytes whose first _RUN_KEY bytes are run_key
+        run_key = b""
         run_size = limit = 0
         for offset, n in packets:
-            if run and n == run_size and len(run) < limit and buffer[offset : offset + _RUN_KEY] == run_key:
-                run.append((offset, n))
+            if n == run_size and len(run) < limit and buffer.startswith(run_key, offset):
+                run.append(offset)
                 continue
             if run:
-                self._write_run(run)
+                self._write_run(run, run_size)
                 run = []
+                run_size = 0
             if (self.gso and n > _IPV6_UDP and buffer[offset + 6] == 17
                     and buffer[offset + 44] << 8 | buffer[offset + 45] == n - 40):
-                run.append((offset, n))
-                run_key, run_size = buffer[offset : offset + _RUN_KEY], n
+                run.append(offset)
+                run_key, run_size = bytes(buffer[offset : offset + _RUN_KEY]), n
                 limit = min(GSO_MAX_RUN, (_GSO_MAX_PAYLOAD - 8) // (n - _IPV6_UDP))
             else:
                 self._write_one(offset, n)
         if run:
-            self._write_run(run)
+            self._write_run(run, run_size)
 
     def _write_one(self, offset: int, n: int) -> None:
         try:
@@ -148,12 +149,13 @@ class TunWriter:
         except OSError as exc:
             self.on_error(exc, 1)
 
-    def _write_run(self, run) -> None:
+    def _write_run(self, run: list[int], n: int) -> None:
+        """Write the packets of `n` bytes at the offsets in `run`: as one GSO packet if more than one."""
+        first = run[0]
         if len(run) == 1:
-            self._write_one(*run[0])
+            self._write_one(first, n)
             return
         buffer, view = self.buffer, self.view
-        first, n = run[0]
         segment = n - _IPV6_UDP
         length = 8 + segment * len(run)
         saved = buffer[first + 4 : first + 6], buffer[first + 44 : first + 48]
@@ -164,7 +166,7 @@ class TunWriter:
         struct.pack_into("!HH", buffer, first + 44, length, pseudo)
         _VNET.pack_into(buffer, first - VNET_HEADER, _NEEDS_CSUM, _GSO_UDP_L4, _IPV6_UDP, segment, 40, 6)
         parts = [view[first - VNET_HEADER : first + n]]
-        parts += [view[offset + _IPV6_UDP : offset + n] for offset, _ in run[1:]]
+        parts += [view[offset + _IPV6_UDP : offset + n] for offset in run[1:]]
         try:
             os.writev(self.fd, parts)
             failed = None
@@ -179,5 +181,5 @@ class TunWriter:
             return
         log.info("%s takes no UDP GSO packets (%s): one write per packet", self.tun.name, failed.strerror)
         self.gso = False
-        for offset, n in run:
+        for offset in run:
             self._write_one(offset, n)
