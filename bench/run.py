@@ -49,8 +49,8 @@ def build_loadgen(workdir: Path) -> Path:
 class Bench:
     """The topology, the router process and one measurement at a time."""
 
-    def __init__(self, lab: Lab, loadgen: Path, duration: float, gro: bool):
-        self.lab, self.loadgen, self.duration = lab, loadgen, duration
+    def __init__(self, lab: Lab, loadgen: Path, duration: float, gro: bool, flows: int = 1):
+        self.lab, self.loadgen, self.duration, self.flows = lab, loadgen, duration, flows
         self.gen = lab.ns("gen")
         self.rtr = lab.ns("rtr", forwarding=True)
         self.sink = lab.ns("sink")
@@ -118,10 +118,11 @@ class Bench:
 
     # --- one run --------------------------------------------------------------
 
-    def measure(self, target: str, direction: str, size: int, rate: float, flows: int = 1,
+    def measure(self, target: str, direction: str, size: int, rate: float, flows: int | None = None,
                 duration: float | None = None) -> dict:
         """Offer `rate` pps (0 = as fast as the generator can) for `duration` s; count what arrives."""
         duration = duration or self.duration
+        flows = flows or self.flows
         if direction == "udp2tun":
             send_ns, send_dev, recv_ns, recv_dev = self.gen, "g0", self.sink, "s0"
             if target == "router":
@@ -222,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="bisection steps for the < 1%% loss rate (default 5, --quick 2)")
     p.add_argument("--no-gro", dest="gro", action="store_false", help="GRO off on the router ns veths (default on)")
     p.add_argument("--no-rss", action="store_true", help="skip the RSS check with 100,000 sources")
+    p.add_argument("--flows", type=int, default=1,
+                   help="distinct peers cycled packet by packet (default 1: one flow, runs batch best)")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/run.py: run as root (namespaces, TUN)", file=sys.stderr)
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     lab = Lab("bn")
     started = time.time()
     try:
-        bench = Bench(lab, build_loadgen(workdir), duration, args.gro)
+        bench = Bench(lab, build_loadgen(workdir), duration, args.gro, args.flows)
         bench.start_router()
         results = []
         for direction in directions:
@@ -271,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.time() - started, 1),
         "commit": commit.stdout.strip(), "dirty": bool(subprocess.run(
             ["git", "-C", str(ROOT), "status", "--porcelain", "src"], capture_output=True, text=True).stdout),
-        "duration": duration, "gro": args.gro, "argv": sys.argv[1:], "loadavg": os.getloadavg(),
+        "duration": duration, "gro": args.gro, "flows": args.flows, "argv": sys.argv[1:], "loadavg": os.getloadavg(),
         "results": results, "rss": rss, "router_log_tail": router_log[-2000:],
     }
     out_dir = ROOT / "bench" / "results"

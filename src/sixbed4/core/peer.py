@@ -22,6 +22,7 @@ here raises on any input.
 from __future__ import annotations
 
 import logging
+import struct
 from dataclasses import dataclass
 
 from . import addr, icmp6
@@ -32,6 +33,7 @@ _DROPPED = (DROP, None, None)
 _TO_TUN = (TUN, None, None)
 _MTU = icmp6.MIN_MTU
 _ND_FIRST, _ND_LAST = icmp6.ROUTER_SOLICIT, icmp6.REDIRECT
+_SOURCE_PREFIX = struct.Struct("8x14sB")  # source bytes 0..13, byte 14: what the /114 fixes
 
 LANID_PEER = 1
 LANID_OFFER_FIRST = 2
@@ -263,8 +265,8 @@ class PeerCore:
         if problem is not None:
             counters.drop(problem)
             return _DROPPED
-        prefix14 = self._prefix14
-        if not prefix14 or packet[8:22] != prefix14 or packet[22] & 0xC0 != self._prefix_bits:
+        source14, source_byte14 = _SOURCE_PREFIX.unpack_from(packet)
+        if source14 != self._prefix14 or source_byte14 & 0xC0 != self._prefix_bits:  # also: no lease (b"")
             counters.drop("tun_bad_source")
             return _DROPPED
         counters.to_udp += 1
