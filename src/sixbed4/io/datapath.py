@@ -101,16 +101,26 @@ class Datapath:
                 lengths, origins = receive()
             except OSError:  # e.g. a queued ICMP error for an earlier send
                 continue
-            to_tun = []
+            # Neighbours for the TUN of the same size from the same peer may be one
+            # flow: collected, and written together (origins of one peer are one object).
+            run: list[int] = []
+            run_size = 0
+            run_origin = None
             for slot, n in enumerate(lengths):
                 packet = packets[slot][:n]
-                action = from_udp(packet, origins[slot], now)
-                if action[0] == TUN:  # the common case: collected, written together
-                    to_tun.append((offsets[slot], n))
+                origin = origins[slot]
+                action = from_udp(packet, origin, now)
+                if action[0] == TUN:
+                    if n == run_size and origin is run_origin:
+                        run.append(offsets[slot])
+                        continue
+                    if run:
+                        write_tun(run_size, run)
+                    run, run_size, run_origin = [offsets[slot]], n, origin
                 elif action[0] != DROP:
                     emit(action, packet)
-            if to_tun:
-                write_tun(to_tun)
+            if run:
+                write_tun(run_size, run)
             if len(lengths) < slots:
                 return False  # the socket is drained
         return True
