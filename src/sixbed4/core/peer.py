@@ -136,6 +136,7 @@ class PeerCore:
         self.config = config
         self.counters = counters or Counters()
         self.router = config.router
+        self._to_router = (SEND, None, config.router)  # one object: the data path joins runs by identity
         self.lease: Lease | None = None
         self._prefix14 = b""  # bytes 0..13 of the /114, b"" when there is none
         self._prefix_bits = 0  # top two bits of byte 14
@@ -270,7 +271,7 @@ class PeerCore:
             counters.drop("tun_bad_source")
             return _DROPPED
         counters.to_udp += 1
-        return (SEND, None, self.router)
+        return self._to_router
 
     # --- timers ----------------------------------------------------------------
 

@@ -128,15 +128,16 @@ class Datapath:
     def drain_tun(self) -> bool:
         """Handle up to BATCH packets from the kernel; True if more may be waiting.
 
-        Each packet is read into its own slot.  A run of same-size packets for
-        the same destination leaves in one GSO send when the run breaks or fills.
+        Each packet is read into its own slot.  Neighbours of the same size with
+        the same SEND action (the cores return one action object per
+        destination) form a run that leaves in one GSO send.
         """
         readinto, reads, packets = self.tun_file.readinto, self._tun_reads, self._tun_packets
         from_tun = self.core.from_tun
         send_run = self._udp_sender.send_run
         run: list = []  # packets of the run being collected
-        run_size = 0
-        run_address = None
+        run_action = None
+        run_size = run_limit = 0
         more = True
         for slot in range(BATCH):
             try:
@@ -148,27 +149,25 @@ class Datapath:
             if n is None:
                 more = False
                 break
-            if n < VNET_HEADER:
-                raise DatapathError(f"{self.tun.name} was closed")
             size = n - VNET_HEADER
+            if size < 0:
+                raise DatapathError(f"{self.tun.name} was closed")
             packet = packets[slot][:size]
             action = from_tun(packet)
-            kind, data, address = action
-            if kind == SEND and data is None:
-                if run and (size != run_size or address != run_address or len(run) == GSO_MAX_SEGMENTS
-                            or (len(run) + 1) * size > GSO_MAX_BYTES):
-                    send_run(run, address=run_address)
-                    run = []
-                if not run:
-                    run_size, run_address = size, address
+            if action is run_action and size == run_size and len(run) < run_limit:
                 run.append(packet)
-            elif kind != DROP:
-                if run:
-                    send_run(run, address=run_address)
-                    run = []
+                continue
+            if run:
+                send_run(run, run_action[2])
+                run = []
+                run_action = None
+            if action[0] == SEND and action[1] is None:
+                run, run_action, run_size = [packet], action, size
+                run_limit = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // max(size, 1))
+            elif action[0] != DROP:
                 self._emit(action, packet)
         if run:
-            send_run(run, address=run_address)
+            send_run(run, run_action[2])
         return more
 
     # --- the loop -------------------------------------------------------------
