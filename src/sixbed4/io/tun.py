@@ -126,11 +126,7 @@ class TunWriter:
         peer); here they are told apart by their headers.
         """
         if len(offsets) == 1:  # the common case with many peers: no questions asked
-            offset = offsets[0]
-            try:
-                os.write(self.fd, self.view[offset - VNET_HEADER : offset + size])
-            except OSError as exc:
-                self.on_error(exc, 1)
+            self._write_one(offsets[0], size)
             return
         buffer = self.buffer
         joinable = self.gso and size > _IPV6_UDP
@@ -165,6 +161,7 @@ class TunWriter:
         saved = buffer[first + 4 : first + 6], buffer[first + 44 : first + 48]
         # The first packet's headers describe the whole run; the UDP checksum field
         # holds the pseudo-header sum, the kernel adds the data (CHECKSUM_PARTIAL).
+        # A ones' complement sum of 16-bit words is the number modulo 0xFFFF.
         pseudo = (int.from_bytes(buffer[first + 8 : first + 40], "big") + length + 17) % 0xFFFF
         struct.pack_into("!H", buffer, first + 4, length)
         struct.pack_into("!HH", buffer, first + 44, length, pseudo)
