@@ -135,3 +135,32 @@ def test_tun_queue_holds_as_much_as_the_socket_buffer(net):
     # the kernel's default of 500 packets overflows in a 2 ms scheduling hiccup at full rate
     link = net.lab.sh(net.router, "ip link show dev 6bed4").stdout
     assert "mtu 1280" in link and "qlen 2000" in link, link
+
+
+def test_a_turn_for_many_peers_reaches_each_one_in_order(net):
+    # 16 peers (one namespace, 16 NAT mappings); datagrams for them interleaved, plus a
+    # run for the first: all are read in one turn, each must reach its own peer.
+    peers = [SixClient(net.lab, net.clients["cl1"].ns) for _ in range(16)]
+    sender = net.lab.socket(net.inet, socket.AF_INET6)
+    try:
+        for peer in peers:
+            peer.solicit()
+        assert len({peer.address for peer in peers}) == 16
+        plan = [(0, f"run{i}".encode().ljust(700, b"r")) for i in range(5)]
+        plan += [(p, f"p{p}-{i}".encode().ljust(200 + p, b"x")) for i in range(3) for p in range(16)]
+        with RouterPaused(net):
+            for p, payload in plan:
+                sender.sendto(payload, (peers[p].address, 7001))
+        for p, peer in enumerate(peers):
+            expected = [payload for q, payload in plan if q == p]
+            got = []
+            while len(got) < len(expected):
+                packet, _ = peer.recv()
+                if packet.haslayer(UDP) and packet[UDP].dport == 7001:
+                    assert packet.dst == peer.address
+                    got.append(bytes(packet[UDP].payload))
+            assert got == expected
+    finally:
+        sender.close()
+        for peer in peers:
+            peer.close()
