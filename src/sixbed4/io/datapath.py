@@ -15,7 +15,6 @@ same-size packets from the TUN for one peer leaves in one UDP GSO send
 from __future__ import annotations
 
 import errno
-import os
 import select
 import signal
 import socket
@@ -24,7 +23,7 @@ from typing import Callable, Protocol
 
 from ..core.router import DROP, REPLY, SEND, TUN
 from ..core.stats import Counters
-from .tun import NO_OFFLOAD, VNET_HEADER, Tun, TunWriter
+from .tun import VNET_HEADER, Tun, TunWriter
 from .udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, BatchReceiver, GsoSender
 
 
@@ -67,18 +66,15 @@ class Datapath:
     # --- sending ----------------------------------------------------------------
 
     def _emit(self, action, packet) -> None:
+        """Send a SEND or REPLY action's datagram (TUN actions are collected by drain_udp)."""
         kind, data, address = action
-        if kind == DROP:
-            return
         try:
-            if kind == TUN:
-                os.writev(self.tun.fd, (NO_OFFLOAD, packet))
-            elif kind == SEND:
+            if kind == SEND:
                 self.sock.sendto(packet, address)
             elif kind == REPLY:
                 self.sock.sendto(data, address)
         except OSError as exc:
-            self._failed(kind == TUN, exc)
+            self._failed(False, exc)
 
     def _failed(self, to_tun: bool, exc: OSError, count: int = 1) -> None:
         """Count the lost packets; a TUN device that fails for good ends the datapath."""
