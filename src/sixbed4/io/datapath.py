@@ -29,6 +29,7 @@ from .udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, BatchReceiver, GsoSender
 
 BATCH = 256  # packets per turn of one side
 TUN_SLOT = VNET_HEADER + 2048  # longer packets (the TUN's MTU is 1280) are cut, and dropped as too long
+TUN_RING = GSO_MAX_SEGMENTS + 1
 _TUN_FATAL_OK = (errno.EINVAL, errno.ENOBUFS)  # one bad packet, not a dead device
 
 
@@ -54,10 +55,12 @@ class Datapath:
         self._tun_writer = TunWriter(tun, self._receiver.buffer, lambda exc, count: self._failed(True, exc, count))
         self._udp_sender = GsoSender(sock, lambda exc, count: self._failed(False, exc, count))
         self.tun_file = open(tun.fd, "r+b", buffering=0, closefd=False)  # readinto() returns None on EAGAIN
-        # One slot per packet of a turn, so a run can be sent from where it was read.
-        tun_buffer = memoryview(bytearray(BATCH * TUN_SLOT))
-        self._tun_reads = [tun_buffer[at : at + TUN_SLOT] for at in range(0, BATCH * TUN_SLOT, TUN_SLOT)]
+        # A ring of slots, one more than the longest run: a run is sent from where it was
+        # read, and the next read never lands in it.  Small, so that it stays in the cache.
+        tun_buffer = memoryview(bytearray(TUN_RING * TUN_SLOT))
+        self._tun_reads = [tun_buffer[at : at + TUN_SLOT] for at in range(0, TUN_RING * TUN_SLOT, TUN_SLOT)]
         self._tun_packets = [read[VNET_HEADER:] for read in self._tun_reads]
+        self._tun_ring = [i % TUN_RING for i in range(BATCH)]
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -124,7 +127,7 @@ class Datapath:
     def drain_tun(self) -> bool:
         """Handle up to BATCH packets from the kernel; True if more may be waiting.
 
-        Each packet is read into its own slot.  Neighbours of the same size with
+        Each packet is read into the next slot of a ring.  Neighbours of the same size with
         the same SEND action (the cores return one action object per
         destination) form a run that leaves in one GSO send.
         """
@@ -135,7 +138,7 @@ class Datapath:
         run_action = None
         run_size = run_limit = 0
         more = True
-        for slot in range(BATCH):
+        for slot in self._tun_ring:
             try:
                 n = readinto(reads[slot])
             except InterruptedError:
