@@ -9,13 +9,16 @@ host show that runs crossed its kernel as fewer, larger GSO packets.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
+import struct
 
 import pytest
 from scapy.layers.inet6 import UDP, ICMPv6EchoRequest, IPv6
 
+from sixbed4.io.tun import IFF_NO_PI, IFF_TUN, IFF_VNET_HDR, TUNSETIFF, TUNSETOFFLOAD, Tun
 from tests.integration import topology
 from tests.integration.sixclient import SixClient
 from tests.netlab import Lab
@@ -166,3 +169,28 @@ def test_a_turn_for_many_peers_reaches_each_one_in_order(net):
         sender.close()
         for peer in peers:
             peer.close()
+
+
+def test_offloads_an_earlier_user_left_on_an_existing_device_are_turned_off():
+    # With offloads on, the kernel would hand over GSO super-packets and packets whose
+    # checksum is still to be computed; the daemons read finished packets only.
+    tunsetpersist, tun_f_csum, tun_f_tso6 = 0x400454CB, 0x01, 0x04
+    with Lab("bo") as lab:
+        ns = lab.ns("dev")
+        with lab.inside(ns):
+            fd = os.open("/dev/net/tun", os.O_RDWR)
+            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", b"6bed4p", IFF_TUN | IFF_NO_PI | IFF_VNET_HDR))
+            fcntl.ioctl(fd, TUNSETOFFLOAD, tun_f_csum | tun_f_tso6)
+            fcntl.ioctl(fd, tunsetpersist, 1)
+            os.close(fd)
+
+        def offloads() -> str:
+            return lab.sh(ns, "ethtool -k 6bed4p | grep -E '^(tx-checksumming|tcp-segmentation-offload):'").stdout
+
+        assert offloads().count(": on") == 2, offloads()
+        with lab.inside(ns):
+            tun = Tun.open("6bed4p", create=False)
+        try:
+            assert offloads().count(": off") == 2, offloads()
+        finally:
+            tun.close()

@@ -6,8 +6,8 @@ behind that blocks a restart.  An existing (persistent) device can be attached
 to instead (`-d`), and is then left in place.
 
 Every packet read or written carries a 10-byte virtio_net_hdr in front
-(IFF_VNET_HDR).  Reads always have an empty one (no offloads are enabled, so
-the kernel hands over finished packets); writes use it to pass a run of
+(IFF_VNET_HDR).  Reads always have an empty one (offloads are turned off at
+open, so the kernel hands over finished packets); writes use it to pass a run of
 packets of one UDP flow as one GSO packet, which the kernel forwards as one
 and splits where it must (see TunWriter).
 """
@@ -23,6 +23,7 @@ import struct
 log = logging.getLogger(__name__)
 
 TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
@@ -71,6 +72,13 @@ class Tun:
             else:
                 hint = exc.strerror
             raise TunError(exc.errno, f"cannot {'create' if create else 'attach to'} TUN device {name}: {hint}") from None
+        try:
+            # No offloads, whatever an earlier user of an existing device set: the kernel
+            # then hands over only finished packets (checksummed, not GSO).
+            fcntl.ioctl(fd, TUNSETOFFLOAD, 0)
+        except OSError as exc:
+            os.close(fd)
+            raise TunError(exc.errno, f"cannot turn off offloads on TUN device {name}: {exc.strerror}") from None
         return cls(name, fd, created=create)
 
     def close(self) -> None:
