@@ -16,6 +16,7 @@ import socket
 import struct
 
 import pytest
+from scapy.layers.inet import TCP
 from scapy.layers.inet6 import UDP, ICMPv6EchoRequest, IPv6
 
 from sixbed4.io.tun import IFF_NO_PI, IFF_TUN, IFF_VNET_HDR, TUNSETIFF, TUNSETOFFLOAD, Tun
@@ -23,7 +24,7 @@ from tests.integration import topology
 from tests.integration.sixclient import SixClient
 from tests.netlab import Lab
 
-FLOW_A, FLOW_B = 5000, 5001
+FLOW_A, FLOW_B, FLOW_TCP = 5000, 5001, 6000
 SO_RCVBUFFORCE = 33
 
 
@@ -38,6 +39,8 @@ def net():
                             " && nft add chain inet bt forwarded '{ type filter hook forward priority 0; }'"
                             " && nft add chain inet bt sent '{ type filter hook output priority 0; }'"
                             f" && nft add rule inet bt forwarded iifname '\"6bed4\"' udp dport {FLOW_A} counter"
+                            " && nft add chain inet bt forwarded_tcp '{ type filter hook forward priority 0; }'"
+                            f" && nft add rule inet bt forwarded_tcp iifname '\"6bed4\"' tcp dport {FLOW_TCP} counter"
                             " && nft add rule inet bt sent udp sport 25790 counter")
         topo.start_router()
         yield topo
@@ -69,21 +72,12 @@ class RouterPaused:
         os.kill(self.pid, signal.SIGCONT)
 
 
-def test_udp_runs_to_the_tun_arrive_intact_in_order_as_fewer_kernel_packets(net, client):
+def through_paused_router(net, client, sent: list[IPv6]) -> list[IPv6]:
+    """Send `sent` from the client while the router is stopped; what the Internet host's link carries from it."""
     sniffer = net.lab.socket(net.inet, socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x86DD))
     sniffer.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 4 << 20)  # the whole burst arrives at once
     sniffer.settimeout(5)
     source = socket.inet_pton(socket.AF_INET6, client.address)
-    sent: list[IPv6] = []
-    for i in range(120):
-        size = 1000 if i < 110 else 400  # a run, then a shorter tail
-        sent.append(IPv6(src=client.address, dst=topology.INET6) / UDP(sport=4000, dport=FLOW_A)
-                    / f"A{i:04d}".encode().ljust(size, b"a"))
-        if i % 25 == 24:  # other traffic in between breaks the run
-            sent.append(IPv6(src=client.address, dst=topology.INET6) / UDP(sport=4000, dport=FLOW_B)
-                        / f"B{i:04d}".encode().ljust(300, b"b"))
-            sent.append(IPv6(src=client.address, dst=topology.INET6) / ICMPv6EchoRequest(seq=i))
-    before = nft_packets(net, "forwarded")
     try:
         with RouterPaused(net):
             for packet in sent:
@@ -95,21 +89,52 @@ def test_udp_runs_to_the_tun_arrive_intact_in_order_as_fewer_kernel_packets(net,
                 received.append(data)
     finally:
         sniffer.close()
-    received = [IPv6(data) for data in received]
+    return [IPv6(data) for data in received]
 
+
+def assert_forwarded_unchanged(sent: list[IPv6], got: list[IPv6], layer) -> None:
+    """Every byte as sent but the hop limit (forwarded once), in order; checksums as scapy computes them."""
+    assert all(p.hlim == 63 for p in got)
+    assert [bytes(p)[:7] + b"\x40" + bytes(p)[8:] for p in got] == [bytes(p) for p in sent]
+    for packet in got:
+        recomputed = packet.copy()
+        del recomputed[layer].chksum, recomputed.plen
+        assert IPv6(bytes(recomputed))[layer].chksum == packet[layer].chksum
+
+
+def test_udp_runs_to_the_tun_arrive_intact_in_order_as_fewer_kernel_packets(net, client):
+    sent: list[IPv6] = []
+    for i in range(120):
+        size = 1000 if i < 110 else 400  # a run, then a shorter tail
+        sent.append(IPv6(src=client.address, dst=topology.INET6) / UDP(sport=4000, dport=FLOW_A)
+                    / f"A{i:04d}".encode().ljust(size, b"a"))
+        if i % 25 == 24:  # other traffic in between breaks the run
+            sent.append(IPv6(src=client.address, dst=topology.INET6) / UDP(sport=4000, dport=FLOW_B)
+                        / f"B{i:04d}".encode().ljust(300, b"b"))
+            sent.append(IPv6(src=client.address, dst=topology.INET6) / ICMPv6EchoRequest(seq=i))
+    before = nft_packets(net, "forwarded")
+    received = through_paused_router(net, client, sent)
     for flow in (FLOW_A, FLOW_B):
-        expected = [bytes(p) for p in sent if p.haslayer(UDP) and p[UDP].dport == flow]
-        got = [p for p in received if p.haslayer(UDP) and p[UDP].dport == flow]
-        assert all(p.hlim == 63 for p in got)  # forwarded once by the router host
-        got_bytes = [bytes(p)[:7] + b"\x40" + bytes(p)[8:] for p in got]
-        assert got_bytes == expected  # every other byte, checksums included, in order
-        for packet in got:  # and the checksum is what scapy computes for the bytes
-            recomputed = packet.copy()
-            del recomputed[UDP].chksum, recomputed[UDP].len, recomputed.plen
-            assert IPv6(bytes(recomputed))[UDP].chksum == packet[UDP].chksum
+        assert_forwarded_unchanged([p for p in sent if p.haslayer(UDP) and p[UDP].dport == flow],
+                                   [p for p in received if p.haslayer(UDP) and p[UDP].dport == flow], UDP)
     assert sum(p.haslayer(ICMPv6EchoRequest) for p in received) == 4
     forwarded = nft_packets(net, "forwarded") - before
     assert 1 < forwarded <= 120 // 10, f"{forwarded} kernel packets for 120 datagrams of one flow"
+
+
+def test_tcp_segments_in_sequence_arrive_intact_in_order_as_fewer_kernel_packets(net, client):
+    options = [("NOP", None), ("NOP", None), ("Timestamp", (5, 6))]
+    sent = []
+    for i in range(100):
+        flags = "PA" if i % 40 == 39 else "A"  # PSH ends a run
+        sent.append(IPv6(src=client.address, dst=topology.INET6)
+                    / TCP(sport=4000, dport=FLOW_TCP, seq=10_000 + 1000 * i, ack=1, flags=flags, window=500,
+                          options=options) / f"T{i:04d}".encode().ljust(1000, b"t"))
+    before = nft_packets(net, "forwarded_tcp")
+    received = through_paused_router(net, client, sent)
+    assert_forwarded_unchanged(sent, [p for p in received if p.haslayer(TCP)], TCP)
+    forwarded = nft_packets(net, "forwarded_tcp") - before
+    assert 1 < forwarded <= 100 // 10, f"{forwarded} kernel packets for 100 segments of one connection"
 
 
 def test_packets_from_the_tun_for_one_peer_leave_as_fewer_udp_sends(net, client):

@@ -93,12 +93,14 @@ class Tun:
         self.close()
 
 
-# --- the virtio_net_hdr and writing runs of a UDP flow as one GSO packet -------------
+# --- the virtio_net_hdr and writing runs of one flow as one GSO packet ---------------
 
 VNET_HEADER = 10  # sizeof(struct virtio_net_hdr), the TUN default
 NO_OFFLOAD = bytes(VNET_HEADER)
 _VNET = struct.Struct("=BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset (host order)
-_NEEDS_CSUM, _GSO_UDP_L4 = 1, 5
+_NEEDS_CSUM, _GSO_TCPV6, _GSO_UDP_L4 = 1, 4, 5
+_TCP_ACK, _TCP_PSH = 0x10, 0x08
+_SEQUENCE = struct.Struct("!I")
 _IPV6_UDP = 48  # IPv6 header + UDP header
 _RUN_KEY = 46  # bytes 0..45 equal: version, class, flow label, length, next header, hop limit, addresses, ports, UDP length
 GSO_MAX_RUN = 64  # the kernel's UDP_MAX_SEGMENTS
@@ -109,14 +111,15 @@ class TunWriter:
     """Writes packets that lie in one buffer, each with VNET_HEADER free bytes in front.
 
     Python and the kernel both pay per write: a TUN write runs the whole IPv6
-    forwarding path for its packet.  Consecutive same-size UDP packets of one
-    flow (identical IPv6 and UDP headers up to the checksum) are therefore
-    written as one UDP GSO packet, forwarded once, split into the original
-    packets where it leaves (or by the receiving host's GRO).  Order is kept:
-    only neighbours in the batch are joined.  The kernel computes the UDP
+    forwarding path for its packet.  Consecutive same-size packets of one UDP
+    flow (identical IPv6 and UDP headers up to the checksum), or consecutive
+    segments of one TCP connection (as the kernel's GRO joins them), are
+    therefore written as one GSO packet, forwarded once, split into the
+    original packets where it leaves (or by the receiving host's GRO).  Order
+    is kept: only neighbours in the batch are joined.  The kernel computes the
     checksums of the split packets, so those are valid even where a peer sent a
     wrong one; the bytes themselves came under the outer UDP checksum.
-    Kernels without UDP GSO through TUN (before 6.2) get one write per packet.
+    Kernels that refuse such writes (UDP GSO came in 6.2) get one write per packet.
     """
 
     def __init__(self, tun: Tun, buffer: bytearray, on_error):
@@ -137,22 +140,63 @@ class TunWriter:
             self._write_one(offsets[0], size)
             return
         buffer = self.buffer
-        joinable = self.gso and size > _IPV6_UDP
-        most = min(GSO_MAX_RUN, (_GSO_MAX_PAYLOAD - 8) // (size - _IPV6_UDP)) if joinable else 1
         start, count = 0, len(offsets)
         while start < count:
             first = offsets[start]
             end = start + 1
-            if joinable and buffer[first + 6] == 17 and buffer[first + 44] << 8 | buffer[first + 45] == size - 40:
-                key = bytes(buffer[first : first + _RUN_KEY])
-                limit = min(count, start + most)
-                while end < limit and buffer.startswith(key, offsets[end]):
-                    end += 1
+            if self.gso and size > _IPV6_UDP:
+                if buffer[first + 6] == 17:
+                    end = self._udp_run_end(offsets, start, size)
+                elif buffer[first + 6] == 6:
+                    end = self._tcp_run_end(offsets, start, size)
             if end - start == 1:
                 self._write_one(first, size)
             else:
                 self._write_run(offsets[start:end], size)
             start = end
+
+    def _udp_run_end(self, offsets: list[int], start: int, size: int) -> int:
+        """Where the run of one UDP flow that starts at offsets[start] ends (exclusive)."""
+        buffer, first = self.buffer, offsets[start]
+        if buffer[first + 44] << 8 | buffer[first + 45] != size - 40:
+            return start + 1  # a UDP length that is not the packet's: not ours to rewrite
+        key = bytes(buffer[first : first + _RUN_KEY])
+        end, limit = start + 1, min(len(offsets), start + GSO_MAX_RUN, start + (_GSO_MAX_PAYLOAD - 8) // (size - _IPV6_UDP))
+        while end < limit and buffer.startswith(key, offsets[end]):
+            end += 1
+        return end
+
+    def _tcp_run_end(self, offsets: list[int], start: int, size: int) -> int:
+        """Where the run of one TCP flow's consecutive segments that starts at offsets[start] ends.
+
+        As the kernel's GRO: same headers but for the sequence number, which
+        must continue where the previous segment ended; only ACK set (PSH may
+        end the run); identical options (timestamps).
+        """
+        buffer, first = self.buffer, offsets[start]
+        header = 40 + (buffer[first + 52] >> 4) * 4
+        segment = size - header
+        if buffer[first + 53] != _TCP_ACK or header < 60 or segment <= 0:
+            return start + 1
+        addresses_ports = bytes(buffer[first : first + 44])
+        ack_flags_window = bytes(buffer[first + 48 : first + 56])
+        urgent_options = bytes(buffer[first + 58 : first + header])
+        pushed = ack_flags_window[:5] + bytes((_TCP_ACK | _TCP_PSH,)) + ack_flags_window[6:]
+        sequence = _SEQUENCE.unpack_from(buffer, first + 44)[0]
+        end, limit = start + 1, min(len(offsets), start + GSO_MAX_RUN, start + (_GSO_MAX_PAYLOAD - header + 40) // segment)
+        while end < limit:
+            offset = offsets[end]
+            sequence = (sequence + segment) & 0xFFFFFFFF
+            if not (buffer.startswith(addresses_ports, offset) and buffer.startswith(urgent_options, offset + 58)
+                    and _SEQUENCE.unpack_from(buffer, offset + 44)[0] == sequence):
+                break
+            if buffer.startswith(ack_flags_window, offset + 48):
+                end += 1
+            elif buffer.startswith(pushed, offset + 48):
+                return end + 1  # PSH: the last segment of a run
+            else:
+                break
+        return end
 
     def _write_one(self, offset: int, n: int) -> None:
         try:
@@ -164,18 +208,27 @@ class TunWriter:
         """Write the packets of `n` bytes at the offsets in `run` (two or more, one flow) as one GSO packet."""
         first = run[0]
         buffer, view = self.buffer, self.view
-        segment = n - _IPV6_UDP
-        length = 8 + segment * len(run)
-        saved = buffer[first + 4 : first + 6], buffer[first + 44 : first + 48]
-        # The first packet's headers describe the whole run; the UDP checksum field
-        # holds the pseudo-header sum, the kernel adds the data (CHECKSUM_PARTIAL).
+        last = run[-1]
+        if buffer[first + 6] == 17:
+            header, gso_type, checksum_at, protocol = _IPV6_UDP, _GSO_UDP_L4, 46, 17
+        else:
+            header, gso_type, checksum_at, protocol = 40 + (buffer[first + 52] >> 4) * 4, _GSO_TCPV6, 56, 6
+        segment = n - header
+        length = header - 40 + segment * len(run)
+        saved = bytes(buffer[first : first + header])
+        # The first packet's headers describe the whole run; the checksum field holds
+        # the pseudo-header sum, the kernel adds the data (CHECKSUM_PARTIAL).
         # A ones' complement sum of 16-bit words is the number modulo 0xFFFF.
-        pseudo = (int.from_bytes(buffer[first + 8 : first + 40], "big") + length + 17) % 0xFFFF
+        pseudo = (int.from_bytes(buffer[first + 8 : first + 40], "big") + length + protocol) % 0xFFFF
         struct.pack_into("!H", buffer, first + 4, length)
-        struct.pack_into("!HH", buffer, first + 44, length, pseudo)
-        _VNET.pack_into(buffer, first - VNET_HEADER, _NEEDS_CSUM, _GSO_UDP_L4, _IPV6_UDP, segment, 40, 6)
+        if protocol == 17:
+            struct.pack_into("!H", buffer, first + 44, length)
+        else:
+            buffer[first + 53] = buffer[last + 53]  # PSH of the last segment: the kernel puts it on the last
+        struct.pack_into("!H", buffer, first + checksum_at, pseudo)
+        _VNET.pack_into(buffer, first - VNET_HEADER, _NEEDS_CSUM, gso_type, header, segment, 40, checksum_at - 40)
         parts = [view[first - VNET_HEADER : first + n]]
-        parts += [view[offset + _IPV6_UDP : offset + n] for offset in run[1:]]
+        parts += [view[offset + header : offset + n] for offset in run[1:]]
         try:
             os.writev(self.fd, parts)
             failed = None
@@ -184,11 +237,11 @@ class TunWriter:
         buffer[first - VNET_HEADER : first] = NO_OFFLOAD
         if failed is None:
             return
-        buffer[first + 4 : first + 6], buffer[first + 44 : first + 48] = saved
+        buffer[first : first + header] = saved
         if failed.errno != errno.EINVAL:
             self.on_error(failed, len(run))
             return
-        log.info("%s takes no UDP GSO packets (%s): one write per packet", self.tun.name, failed.strerror)
+        log.info("%s takes no GSO packets (%s): one write per packet", self.tun.name, failed.strerror)
         self.gso = False
         for offset in run:
             self._write_one(offset, n)
