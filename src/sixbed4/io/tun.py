@@ -102,8 +102,8 @@ _NEEDS_CSUM, _GSO_TCPV6, _GSO_UDP_L4 = 1, 4, 5
 _TCP_ACK, _TCP_PSH = 0x10, 0x08
 _SEQUENCE = struct.Struct("!I")
 _IPV6_UDP = 48  # IPv6 header + UDP header
-_RUN_KEY = 46  # bytes 0..45 equal: version, class, flow label, length, next header, hop limit, addresses, ports, UDP length
-GSO_MAX_RUN = 64  # the kernel's UDP_MAX_SEGMENTS
+_UDP_RUN_KEY = 46  # bytes 0..45 equal: version, class, flow label, length, next header, hop limit, addresses, ports, UDP length
+GSO_MAX_RUN = 64  # packets per GSO write: the kernel's UDP_MAX_SEGMENTS, and a batch
 _GSO_MAX_PAYLOAD = 65535  # the IPv6 payload length field
 
 
@@ -160,7 +160,7 @@ class TunWriter:
         buffer, first = self.buffer, offsets[start]
         if buffer[first + 44] << 8 | buffer[first + 45] != size - 40:
             return start + 1  # a UDP length that is not the packet's: not ours to rewrite
-        key = bytes(buffer[first : first + _RUN_KEY])
+        key = bytes(buffer[first : first + _UDP_RUN_KEY])
         end, limit = start + 1, min(len(offsets), start + GSO_MAX_RUN, start + (_GSO_MAX_PAYLOAD - 8) // (size - _IPV6_UDP))
         while end < limit and buffer.startswith(key, offsets[end]):
             end += 1
