@@ -60,7 +60,6 @@ class Datapath:
         tun_buffer = memoryview(bytearray(TUN_RING * TUN_SLOT))
         self._tun_reads = [tun_buffer[at : at + TUN_SLOT] for at in range(0, TUN_RING * TUN_SLOT, TUN_SLOT)]
         self._tun_packets = [read[VNET_HEADER:] for read in self._tun_reads]
-        self._tun_ring = [i % TUN_RING for i in range(BATCH)]
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -138,7 +137,8 @@ class Datapath:
         run_action = None
         run_size = run_limit = 0
         more = True
-        for slot in self._tun_ring:
+        slot = 0  # advanced only past a slot that holds a packet
+        for _ in range(BATCH):
             try:
                 n = readinto(reads[slot])
             except InterruptedError:
@@ -152,6 +152,7 @@ class Datapath:
             if size < 0:
                 raise DatapathError(f"{self.tun.name} was closed")
             packet = packets[slot][:size]
+            slot = slot + 1 if slot < TUN_RING - 1 else 0
             action = from_tun(packet)
             if action is run_action and size == run_size and len(run) < run_limit:
                 run.append(packet)
