@@ -10,6 +10,7 @@ host show that runs crossed its kernel as fewer, larger GSO packets.
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import os
 import signal
 import socket
@@ -26,6 +27,7 @@ from tests.netlab import Lab
 
 FLOW_A, FLOW_B, FLOW_TCP = 5000, 5001, 6000
 SO_RCVBUFFORCE = 33
+METRICS_PORT = 9641
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def net():
                             " && nft add chain inet bt forwarded_tcp '{ type filter hook forward priority 0; }'"
                             f" && nft add rule inet bt forwarded_tcp iifname '\"6bed4\"' tcp dport {FLOW_TCP} counter"
                             " && nft add rule inet bt sent udp sport 25790 counter")
-        topo.start_router()
+        topo.start_router("--metrics", f"127.0.0.1:{METRICS_PORT}")
         yield topo
 
 
@@ -72,15 +74,31 @@ class RouterPaused:
         os.kill(self.pid, signal.SIGCONT)
 
 
-def through_paused_router(net, client, sent: list[IPv6]) -> list[IPv6]:
-    """Send `sent` from the client while the router is stopped; what the Internet host's link carries from it."""
+def router_counters(net) -> dict[str, float]:
+    samples = net.lab.metrics(net.router, f"http://127.0.0.1:{METRICS_PORT}/metrics")
+    return {name: samples[(f"sixbed4_router_{name}_total", ())] for name in ("udp_in", "udp_in_bytes", "to_tun")}
+
+
+def assert_counted(net, before: dict[str, float], sent: list[IPv6]) -> None:
+    """Every datagram counted, also those the data path judged as repeats of the one before."""
+    after = router_counters(net)
+    assert after["udp_in"] - before["udp_in"] == len(sent)
+    assert after["udp_in_bytes"] - before["udp_in_bytes"] == sum(len(bytes(p)) for p in sent)
+    assert after["to_tun"] - before["to_tun"] == len(sent)
+
+
+def through_paused_router(net, client, sent: list[IPv6], also: dict[int, IPv6] | None = None) -> list[IPv6]:
+    """Send `sent` (and `also`, inserted before those indexes) from the client while the router is
+    stopped; what the Internet host's link carries from the client's address."""
     sniffer = net.lab.socket(net.inet, socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x86DD))
     sniffer.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 4 << 20)  # the whole burst arrives at once
     sniffer.settimeout(5)
     source = socket.inet_pton(socket.AF_INET6, client.address)
     try:
         with RouterPaused(net):
-            for packet in sent:
+            for i, packet in enumerate(sent):
+                if also and i in also:
+                    client.send(also[i])
                 client.send(packet)
         received = []
         while len(received) < len(sent):  # dissected after the burst: scapy is slow
@@ -112,14 +130,32 @@ def test_udp_runs_to_the_tun_arrive_intact_in_order_as_fewer_kernel_packets(net,
             sent.append(IPv6(src=client.address, dst=topology.INET6) / UDP(sport=4000, dport=FLOW_B)
                         / f"B{i:04d}".encode().ljust(300, b"b"))
             sent.append(IPv6(src=client.address, dst=topology.INET6) / ICMPv6EchoRequest(seq=i))
-    before = nft_packets(net, "forwarded")
+    before, counted = nft_packets(net, "forwarded"), router_counters(net)
     received = through_paused_router(net, client, sent)
+    assert_counted(net, counted, sent)
     for flow in (FLOW_A, FLOW_B):
         assert_forwarded_unchanged([p for p in sent if p.haslayer(UDP) and p[UDP].dport == flow],
                                    [p for p in received if p.haslayer(UDP) and p[UDP].dport == flow], UDP)
     assert sum(p.haslayer(ICMPv6EchoRequest) for p in received) == 4
     forwarded = nft_packets(net, "forwarded") - before
     assert 1 < forwarded <= 120 // 10, f"{forwarded} kernel packets for 120 datagrams of one flow"
+
+
+def test_a_datagram_that_differs_from_a_run_only_in_its_source_is_judged_anew(net, client):
+    # Same peer, same size, same everything but another port in the source address:
+    # the data path must not take it for a repeat of the run's verdict.
+    def datagram(source: str, i: int) -> IPv6:
+        return (IPv6(src=source, dst=topology.INET6) / UDP(sport=4000, dport=FLOW_A)
+                / f"S{i:04d}".encode().ljust(800, b"s"))
+
+    spoofed = str(ipaddress.IPv6Address(client.address) + 0x10000)
+    sent = [datagram(client.address, i) for i in range(20)]
+    before = net.lab.metrics(net.router, f"http://127.0.0.1:{METRICS_PORT}/metrics")
+    received = through_paused_router(net, client, sent, also={10: datagram(spoofed, 99)})
+    after = net.lab.metrics(net.router, f"http://127.0.0.1:{METRICS_PORT}/metrics")
+    assert [bytes(p[UDP].payload)[:5] for p in received] == [f"S{i:04d}".encode() for i in range(20)]
+    bad_source = ("sixbed4_router_drops_total", (("reason", "bad_source"),))
+    assert after[bad_source] - before[bad_source] == 1
 
 
 def test_tcp_segments_in_sequence_arrive_intact_in_order_as_fewer_kernel_packets(net, client):
@@ -130,8 +166,9 @@ def test_tcp_segments_in_sequence_arrive_intact_in_order_as_fewer_kernel_packets
         sent.append(IPv6(src=client.address, dst=topology.INET6)
                     / TCP(sport=4000, dport=FLOW_TCP, seq=10_000 + 1000 * i, ack=1, flags=flags, window=500,
                           options=options) / f"T{i:04d}".encode().ljust(1000, b"t"))
-    before = nft_packets(net, "forwarded_tcp")
+    before, counted = nft_packets(net, "forwarded_tcp"), router_counters(net)
     received = through_paused_router(net, client, sent)
+    assert_counted(net, counted, sent)
     assert_forwarded_unchanged(sent, [p for p in received if p.haslayer(TCP)], TCP)
     forwarded = nft_packets(net, "forwarded_tcp") - before
     assert 1 < forwarded <= 100 // 10, f"{forwarded} kernel packets for 100 segments of one connection"

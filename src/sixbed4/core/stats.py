@@ -88,6 +88,12 @@ class Counters:
     def drop(self, reason: str) -> None:
         self.drops[reason] += 1
 
+    def udp_to_tun(self, count: int, size: int) -> None:
+        """`count` datagrams of `size` bytes that went to the TUN as a repeat of a verdict (see io.datapath)."""
+        self.udp_in += count
+        self.udp_in_bytes += count * size
+        self.to_tun += count
+
     def snapshot(self) -> dict[str, int]:
         values = {name: getattr(self, name) for name in self.EVENTS}
         values.update({f"drop_{reason}": count for reason, count in self.drops.items()})

@@ -30,10 +30,21 @@ from .udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, BatchReceiver, GsoSender
 BATCH = 256  # packets per turn of one side
 TUN_SLOT = VNET_HEADER + 2048  # longer packets (the TUN's MTU is 1280) are cut, and dropped as too long
 TUN_RING = GSO_MAX_SEGMENTS + 1
+VERDICT_KEY = 41  # see Core
 _TUN_FATAL_OK = (errno.EINVAL, errno.ENOBUFS)  # one bad packet, not a dead device
 
 
 class Core(Protocol):
+    """What the data path needs of a core (RouterCore, PeerCore).
+
+    from_udp's TUN verdict must depend only on the datagram's length, its first
+    VERDICT_KEY bytes (the IPv6 header and the first byte after it), its origin,
+    and on state that only datagrams with another verdict (or on_tick) change.
+    The data path relies on that: a datagram that repeats the previous one in
+    all of these within a batch gets the same verdict without asking, and is
+    counted with counters.udp_to_tun().
+    """
+
     counters: Counters
 
     def from_udp(self, packet, origin: tuple[str, int], now: float): ...
@@ -93,6 +104,8 @@ class Datapath:
         from_udp = self.core.from_udp
         emit = self._emit
         write_tun = self._tun_writer.write
+        buffer = receiver.buffer
+        count_repeats = self.core.counters.udp_to_tun
         now = self.clock()
         for _ in range(0, BATCH, slots):
             try:
@@ -101,22 +114,39 @@ class Datapath:
                 continue
             # Neighbours for the TUN of the same size from the same peer may be one
             # flow: collected, and written together (origins of one peer are one object).
+            # One that repeats the run's first datagram in what the verdict depends on
+            # (see Core) joins without asking the core.
             run: list[int] = []
             run_size = 0
             run_origin = None
+            run_key = b""
+            repeats = 0
             for slot, n in enumerate(lengths):
-                packet = packets[slot][:n]
                 origin = origins[slot]
+                offset = offsets[slot]
+                if n == run_size and origin is run_origin and buffer.startswith(run_key, offset):
+                    run.append(offset)
+                    repeats += 1
+                    continue
+                packet = packets[slot][:n]
                 action = from_udp(packet, origin, now)
+                if repeats:
+                    count_repeats(repeats, run_size)
+                    repeats = 0
                 if action[0] == TUN:
                     if n == run_size and origin is run_origin:
-                        run.append(offsets[slot])
+                        run.append(offset)  # same peer and size, another flow
                         continue
                     if run:
                         write_tun(run_size, run)
-                    run, run_size, run_origin = [offsets[slot]], n, origin
-                elif action[0] != DROP:
-                    emit(action, packet)
+                    run, run_size, run_origin = [offset], n, origin
+                    run_key = bytes(buffer[offset : offset + VERDICT_KEY])
+                else:
+                    run_origin = None  # the core's state may have changed: no repeats across this
+                    if action[0] != DROP:
+                        emit(action, packet)
+            if repeats:
+                count_repeats(repeats, run_size)
             if run:
                 write_tun(run_size, run)
             if len(lengths) < slots:
