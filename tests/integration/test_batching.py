@@ -76,7 +76,8 @@ class RouterPaused:
 
 def router_counters(net) -> dict[str, float]:
     samples = net.lab.metrics(net.router, f"http://127.0.0.1:{METRICS_PORT}/metrics")
-    return {name: samples[(f"sixbed4_router_{name}_total", ())] for name in ("udp_in", "udp_in_bytes", "to_tun")}
+    names = ("udp_in", "udp_in_bytes", "to_tun", "tun_in", "tun_in_bytes", "to_udp")
+    return {name: samples[(f"sixbed4_router_{name}_total", ())] for name in names}
 
 
 def assert_counted(net, before: dict[str, float], sent: list[IPv6]) -> None:
@@ -179,7 +180,7 @@ def test_packets_from_the_tun_for_one_peer_leave_as_fewer_udp_sends(net, client)
     client.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 4 << 20)
     sender = net.lab.socket(net.inet, socket.AF_INET6)
     payloads = [f"T{i:04d}".encode().ljust(1000, b"t") for i in range(150)]
-    before = nft_packets(net, "sent")
+    before, counted = nft_packets(net, "sent"), router_counters(net)
     try:
         with RouterPaused(net):
             for payload in payloads:
@@ -196,6 +197,9 @@ def test_packets_from_the_tun_for_one_peer_leave_as_fewer_udp_sends(net, client)
     assert all(p.src == topology.INET6 and p.dst == client.address for p in got)
     sends = nft_packets(net, "sent") - before
     assert 1 <= sends <= 150 // 10, f"{sends} UDP sends for 150 packets to one peer"
+    after = router_counters(net)  # every packet counted, also those judged as repeats
+    assert after["to_udp"] - counted["to_udp"] == 150
+    assert after["tun_in_bytes"] - counted["tun_in_bytes"] >= 150 * (48 + 1000)
 
 
 def test_tun_queue_holds_as_much_as_the_socket_buffer(net):

@@ -94,6 +94,12 @@ class Counters:
         self.udp_in_bytes += count * size
         self.to_tun += count
 
+    def tun_to_udp(self, count: int, size: int) -> None:
+        """`count` packets of `size` bytes from the TUN sent on as a repeat of a verdict (see io.datapath)."""
+        self.tun_in += count
+        self.tun_in_bytes += count * size
+        self.to_udp += count
+
     def snapshot(self) -> dict[str, int]:
         values = {name: getattr(self, name) for name in self.EVENTS}
         values.update({f"drop_{reason}": count for reason, count in self.drops.items()})

@@ -39,10 +39,12 @@ class Core(Protocol):
 
     from_udp's TUN verdict must depend only on the datagram's length, its first
     VERDICT_KEY bytes (the IPv6 header and the first byte after it), its origin,
-    and on state that only datagrams with another verdict (or on_tick) change.
-    The data path relies on that: a datagram that repeats the previous one in
-    all of these within a batch gets the same verdict without asking, and is
-    counted with counters.udp_to_tun().
+    and on state that only datagrams with another verdict (or on_tick) change;
+    likewise from_tun's SEND verdict on the packet's length and first
+    VERDICT_KEY bytes as from_tun left them (a packet it rewrote does not match
+    the next one as read).  The data path relies on that: a packet that repeats
+    the run's first in all of these within a batch gets the same verdict
+    without asking, and is counted with counters.udp_to_tun() / tun_to_udp().
     """
 
     counters: Counters
@@ -68,8 +70,9 @@ class Datapath:
         self.tun_file = open(tun.fd, "r+b", buffering=0, closefd=False)  # readinto() returns None on EAGAIN
         # A ring of slots, one more than the longest run: a run is sent from where it was
         # read, and the next read never lands in it.  Small, so that it stays in the cache.
-        tun_buffer = memoryview(bytearray(TUN_RING * TUN_SLOT))
-        self._tun_reads = [tun_buffer[at : at + TUN_SLOT] for at in range(0, TUN_RING * TUN_SLOT, TUN_SLOT)]
+        self._tun_buffer = bytearray(TUN_RING * TUN_SLOT)
+        tun_view = memoryview(self._tun_buffer)
+        self._tun_reads = [tun_view[at : at + TUN_SLOT] for at in range(0, TUN_RING * TUN_SLOT, TUN_SLOT)]
         self._tun_packets = [read[VNET_HEADER:] for read in self._tun_reads]
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -161,11 +164,15 @@ class Datapath:
         destination) form a run that leaves in one GSO send.
         """
         readinto, reads, packets = self.tun_file.readinto, self._tun_reads, self._tun_packets
+        buffer = self._tun_buffer
         from_tun = self.core.from_tun
+        count_repeats = self.core.counters.tun_to_udp
         send_run = self._udp_sender.send_run
         run: list = []  # packets of the run being collected
         run_action = None
         run_size = run_limit = 0
+        run_key = b""  # the run's first packet as from_tun left it (see Core)
+        repeats = 0
         more = True
         slot = 0  # advanced only past a slot that holds a packet
         for _ in range(BATCH):
@@ -182,20 +189,32 @@ class Datapath:
             if size < 0:
                 raise DatapathError(f"{self.tun.name} was closed")
             packet = packets[slot][:size]
+            offset = slot * TUN_SLOT + VNET_HEADER
             slot = slot + 1 if slot < TUN_RING - 1 else 0
+            if size == run_size and len(run) < run_limit and buffer.startswith(run_key, offset):
+                run.append(packet)
+                repeats += 1
+                continue
             action = from_tun(packet)
             if action is run_action and size == run_size and len(run) < run_limit:
                 run.append(packet)
                 continue
+            if repeats:
+                count_repeats(repeats, run_size)
+                repeats = 0
             if run:
                 send_run(run, run_action[2])
                 run = []
                 run_action = None
+                run_size = 0
             if action[0] == SEND and action[1] is None:
                 run, run_action, run_size = [packet], action, size
                 run_limit = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // max(size, 1))
+                run_key = bytes(buffer[offset : offset + VERDICT_KEY])
             elif action[0] != DROP:
                 self._emit(action, packet)
+        if repeats:
+            count_repeats(repeats, run_size)
         if run:
             send_run(run, run_action[2])
         return more
