@@ -206,7 +206,7 @@ class Datapath:
                 send_run(run, run_action[2])
                 run = []
                 run_action = None
-                run_size = 0
+                run_size = run_limit = 0  # no repeats of a run that was sent
             if action[0] == SEND and action[1] is None:
                 run, run_action, run_size = [packet], action, size
                 run_limit = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // max(size, 1))
