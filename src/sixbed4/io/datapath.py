@@ -7,7 +7,8 @@ Shared by the router and the peer: both cores speak the same action tuples.
 
 Python and the kernel pay per system call and per packet handed over, so
 both directions batch: datagrams arrive by the receiver's worth (recvmmsg);
-a run of one UDP flow goes to the TUN as one GSO packet (TunWriter); a run of
+a run of one UDP flow or TCP connection goes to the TUN as one GSO packet
+(TunWriter); a run of
 same-size packets from the TUN for one peer leaves in one UDP GSO send
 (GsoSender).  Where the kernel has no GSO, one packet per call.
 """
@@ -74,6 +75,7 @@ class Datapath:
         tun_view = memoryview(self._tun_buffer)
         self._tun_reads = [tun_view[at : at + TUN_SLOT] for at in range(0, TUN_RING * TUN_SLOT, TUN_SLOT)]
         self._tun_packets = [read[VNET_HEADER:] for read in self._tun_reads]
+        self._tun_offsets = [at + VNET_HEADER for at in range(0, TUN_RING * TUN_SLOT, TUN_SLOT)]
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -164,7 +166,7 @@ class Datapath:
         destination) form a run that leaves in one GSO send.
         """
         readinto, reads, packets = self.tun_file.readinto, self._tun_reads, self._tun_packets
-        buffer = self._tun_buffer
+        buffer, offsets = self._tun_buffer, self._tun_offsets
         from_tun = self.core.from_tun
         count_repeats = self.core.counters.tun_to_udp
         send_run = self._udp_sender.send_run
@@ -189,7 +191,7 @@ class Datapath:
             if size < 0:
                 raise DatapathError(f"{self.tun.name} was closed")
             packet = packets[slot][:size]
-            offset = slot * TUN_SLOT + VNET_HEADER
+            offset = offsets[slot]
             slot = slot + 1 if slot < TUN_RING - 1 else 0
             if size == run_size and len(run) < run_limit and buffer.startswith(run_key, offset):
                 run.append(packet)

@@ -8,16 +8,16 @@ to instead (`-d`), and is then left in place.
 Every packet read or written carries a 10-byte virtio_net_hdr in front
 (IFF_VNET_HDR).  Reads always have an empty one (offloads are turned off at
 open, so the kernel hands over finished packets); writes use it to pass a run of
-packets of one UDP flow as one GSO packet, which the kernel forwards as one
-and splits where it must (see TunWriter).
+packets of one UDP flow or TCP connection as one GSO packet, which the kernel
+forwards as one and splits where it must (see TunWriter).
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
-import os
 import logging
+import os
 import struct
 
 log = logging.getLogger(__name__)
