@@ -180,6 +180,13 @@ def uplink_for(ipv4: str) -> tuple[int, str] | None:
         return index, ipr.get_links(index)[0].get_attr("IFLA_IFNAME")
 
 
+def host_ipv4s() -> list[bytes]:
+    """Every IPv4 address of this host (this network namespace), packed."""
+    with IPRoute() as ipr:
+        return [socket.inet_aton(a.get_attr("IFA_LOCAL")) for a in ipr.get_addr(family=AF_INET)
+                if a.get_attr("IFA_LOCAL")]
+
+
 class LinkWatch:
     """The interfaces a daemon cannot work without, checked by index (renaming one is fine)."""
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from .. import cliutil
 from ..core import addr
 from ..core.router import RouterConfig, RouterCore
+from ..fastpath import control as fastpath
 from ..io import netlink
 from ..io import service
 from ..io.datapath import Datapath, DatapathError
@@ -32,6 +33,8 @@ class RouterSettings:
     metrics: tuple[str, int] | None = None
     user: str | None = None
     proxy_nd: str | None = None  # uplink on which to answer Neighbor Solicitations for the /64
+    fast_path: str = "auto"  # the kernel fast path: auto, on, off
+    uplink: str | None = None  # where datagrams arrive (default: the interface that has or routes -l)
 
 
 def configure_tun(setup: netlink.InterfaceSetup, config: RouterConfig, prefix_route: bool) -> None:
@@ -126,10 +129,21 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
             collectors.append(proxy.metrics_collector())
 
         core = RouterCore(config)
+        try:
+            fast = fastpath.start(settings.fast_path, config, settings.bind, tun.name,
+                                  settings.uplink or watch.uplink, netlink.host_ipv4s())
+        except fastpath.FastPathError as exc:
+            return cliutil.fail(prog, f"--fast-path on: {exc}")
+        if fast is not None:
+            cleanup.callback(fast.close)
+
+        def counters():
+            return core.counters.plus(fast.counters()) if fast else core.counters
+
         prefix_text = addr.format_address(config.prefix + bytes(8))
-        info = {"prefix": f"{prefix_text}/64", "address": addr.format_address(config.address)}
-        collectors.append(
-            CountersCollector("sixbed4_router", core.counters, lambda: info, lambda: core.rate_limit_hits))
+        info = {"prefix": f"{prefix_text}/64", "address": addr.format_address(config.address),
+                "fast_path": str(fast.attachment) if fast else "off"}
+        collectors.append(CountersCollector("sixbed4_router", counters, lambda: info, lambda: core.rate_limit_hits))
         try:
             service.serve_then_drop(settings.metrics, collectors, settings.user, cleanup)
         except (MetricsError, service.PrivilegeError) as exc:
@@ -158,5 +172,5 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
             log.error("%s; exiting", watch.explain(exc))
             return 1
         finally:
-            log.info("counters: %s", " ".join(f"{k}={v}" for k, v in core.counters.snapshot().items() if v))
+            log.info("counters: %s", " ".join(f"{k}={v}" for k, v in counters().snapshot().items() if v))
         return 0
