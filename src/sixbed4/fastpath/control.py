@@ -7,6 +7,7 @@ import socket
 
 from ..core import addr
 from ..core.router import RouterConfig
+from ..io import netlink
 from .loader import FastPath, FastPathError
 
 __all__ = ["MODES", "FastPathError", "start"]
@@ -43,15 +44,24 @@ def _attach(config: RouterConfig, bind: tuple[str, int], tun: str, uplink: str |
         raise FastPathError(f"the socket's port {bind[1]} is not the router's port {config.port}")
     if uplink is None:
         raise FastPathError(f"no interface has or routes {addr.format_ipv4(config.ipv4)}: give --uplink")
+    source = bind_ipv4 if any(bind_ipv4) else _uplink_ipv4(uplink)
     fast = FastPath.load()
     try:
-        fast.configure(config, bind_ipv4, socket.if_nametoindex(tun), _index(uplink))
+        fast.configure(config, bind_ipv4, source, socket.if_nametoindex(tun), _index(uplink))
         fast.set_host_ipv4s(host_ipv4s)
         fast.attach(uplink, tun)
     except BaseException:
         fast.close()
         raise
     return fast
+
+
+def _uplink_ipv4(uplink: str) -> bytes:
+    """The socket bound to 0.0.0.0 sends from the uplink's address (the first one, as the kernel picks)."""
+    addresses = netlink.ipv4_addresses(uplink)
+    if not addresses:
+        raise FastPathError(f"uplink {uplink} has no IPv4 address to send from")
+    return addresses[0]
 
 
 def _index(name: str) -> int:

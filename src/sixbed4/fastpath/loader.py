@@ -24,7 +24,7 @@ from . import build, libbpf
 MIN_KERNEL = (6, 6)  # tcx links; bpf_skb_adjust_room's decapsulation flags came in 6.3
 
 # struct fp_config and enum fp_counter in sixbed4.bpf.c
-_CONFIG = struct.Struct("=8s4s4s2sBB8sIII")
+_CONFIG = struct.Struct("=8s4s4s4s2sBB8sIII")
 _ZERO_KEY = bytes(4)
 COUNTER_NAMES = ("udp_in", "udp_in_bytes", "to_tun", "relayed", "tun_in", "tun_in_bytes", "to_udp",
                  "udp_passed", "tun_passed")
@@ -91,18 +91,19 @@ class FastPath:
 
     # --- maps -------------------------------------------------------------------
 
-    def configure(self, config: RouterConfig, bind_ipv4: bytes, tun_ifindex: int, uplink_ifindex: int,
-                  ttl: int | None = None, l2_len: int = 0) -> None:
+    def configure(self, config: RouterConfig, bind_ipv4: bytes, source_ipv4: bytes, tun_ifindex: int,
+                  uplink_ifindex: int, ttl: int | None = None, l2_len: int = 0) -> None:
         """What the programs must know of this router.
 
         `bind_ipv4` is the address the socket is bound to (0.0.0.0: any of the
-        host's); `ttl` what the socket sends with (default: the sysctl);
+        host's), `source_ipv4` the source of its datagrams to peers (the bound
+        address, or the uplink's); `ttl` what the socket sends with (default: the sysctl);
         `l2_len` 14 only for BPF_PROG_TEST_RUN (which puts an Ethernet header
         in front of what would reach the TUN device's egress bare).
         """
         if ttl is None:
             ttl = int(Path("/proc/sys/net/ipv4/ip_default_ttl").read_text())
-        value = _CONFIG.pack(config.prefix, config.ipv4, bind_ipv4, struct.pack("!H", config.port), ttl,
+        value = _CONFIG.pack(config.prefix, config.ipv4, bind_ipv4, source_ipv4, struct.pack("!H", config.port), ttl,
                              1 if config.masquerade else 0, config.address[8:], tun_ifindex, uplink_ifindex, l2_len)
         for key in libbpf.map_keys(self._masq_hosts, 16):
             libbpf.map_delete(self._masq_hosts, key)
@@ -154,9 +155,13 @@ class FastPath:
             os.close(self._links.pop())
         self.attachment = None
 
-    def test_run(self, program: int, frame: bytes) -> tuple[int, bytes]:
-        """Run a program on one Ethernet frame (BPF_PROG_TEST_RUN): its verdict (signed) and the frame after."""
-        verdict, out = libbpf.test_run(program, frame)
+    def test_run(self, program: int, frame: bytes, ifindex: int = 0) -> tuple[int, bytes]:
+        """Run a program on one Ethernet frame (BPF_PROG_TEST_RUN): its verdict (signed) and the frame after.
+
+        `ifindex`: the device the frame arrives on (else the loopback device).
+        """
+        context = bytes(40) + struct.pack("=I", ifindex) if ifindex else None  # struct __sk_buff up to ifindex
+        verdict, out = libbpf.test_run(program, frame, context)
         return (verdict - (1 << 32) if verdict >= 1 << 31 else verdict), out
 
     def close(self) -> None:

@@ -9,7 +9,7 @@
  *               "to the TUN" -> outer headers removed, redirected into the TUN
  *               device's ingress (the kernel then forwards it exactly as after a
  *               TUN write); "relay" -> hop limit - 1, re-addressed to the other
- *               peer, sent out of the uplink.
+ *               peer, sent out of the uplink (the IPv4 next hop from the kernel).
  *   tun_out     tc egress of the 6bed4 TUN device.  A packet the kernel routed
  *               there for a valid peer address is put into UDP/IPv4 from the
  *               router's address and port and sent out of the uplink.
@@ -23,6 +23,7 @@
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
+#include <linux/if_packet.h>
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
@@ -53,13 +54,14 @@
 struct fp_config {
 	__u8 prefix[8];     /* the served /64 */
 	__be32 ipv4;        /* the router's -l address */
-	__be32 bind;        /* where datagrams arrive and leave from; 0 = any of the host's */
+	__be32 bind;        /* where datagrams arrive; 0 = at any of the host's addresses */
+	__be32 source;      /* the source of the datagrams to peers (the socket's) */
 	__be16 port;        /* the router's UDP port */
 	__u8 ttl;           /* net.ipv4.ip_default_ttl: what the router's socket sends with */
 	__u8 masquerade;    /* 1: packets from the masq_hosts go the slow path (source rewrite) */
 	__u8 router_iid[8]; /* the router's own address, bytes 8..15 */
 	__u32 tun_ifindex;
-	__u32 uplink_ifindex;
+	__u32 uplink_ifindex; /* datagrams to peers leave here (next hop: the kernel's routes and neighbours) */
 	__u32 l2_len;       /* 0 on the TUN device; 14 under BPF_PROG_TEST_RUN, which adds an Ethernet header */
 };
 
@@ -251,33 +253,6 @@ static __always_inline __u16 ipv4_header_checksum(struct iphdr *ip)
 	return ~fold(bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0));
 }
 
-/*
- * Route a datagram from `src` to `dst` as the router's socket would (the
- * kernel's FIB and neighbour table): fills the MACs, returns the ifindex, or 0.
- */
-static __always_inline __u32 route_out(struct __sk_buff *skb, const struct fp_config *cfg, __be32 *src,
-				      __be32 dst, __u32 tot_len, struct ethhdr *eth)
-{
-	struct bpf_fib_lookup fib = {};
-	__u32 flags = BPF_FIB_LOOKUP_OUTPUT;
-
-	fib.family = 2; /* AF_INET */
-	fib.l4_protocol = IPPROTO_UDP;
-	fib.tot_len = tot_len;
-	fib.ipv4_src = *src;
-	fib.ipv4_dst = dst;
-	fib.ifindex = cfg->uplink_ifindex;
-	if (*src == 0)
-		flags |= BPF_FIB_LOOKUP_SRC;
-	if (bpf_fib_lookup(skb, &fib, sizeof(fib), flags) != BPF_FIB_LKUP_RET_SUCCESS)
-		return 0;
-	*src = fib.ipv4_src;
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
-	eth->h_proto = bpf_htons(ETH_P_IP);
-	return fib.ifindex;
-}
-
 /* The outer IPv4 + UDP headers as the router's socket sends them (DF, ID 0, default TTL). */
 static __always_inline void outer_headers(struct iphdr *ip, struct udphdr *udp, const struct fp_config *cfg,
 					  __be32 src, __be32 dst, __be16 dport, __u32 payload)
@@ -315,6 +290,16 @@ static __always_inline __u16 udp_checksum(struct iphdr *ip, struct udphdr *udp, 
 	return check ? check : 0xffff;
 }
 
+/*
+ * Out of the uplink, to the next hop the kernel's routes and neighbour table
+ * give (resolving it if need be), as for the router's own socket.  The frame
+ * must start with an Ethernet header, which is replaced.
+ */
+static __always_inline int send_out(const struct fp_config *cfg)
+{
+	return bpf_redirect_neigh(cfg->uplink_ifindex, NULL, 0, 0);
+}
+
 /* --- peer -> router: tc ingress of the uplink -------------------------------- */
 
 struct frame {
@@ -337,15 +322,10 @@ static __always_inline int relay(struct __sk_buff *skb, const struct fp_config *
 	__be32 target = iid_ipv4(dst6);
 	__be16 target_port = iid_port(dst6);
 	__u8 hop_limit = f->ip6.hop_limit - 1;
-	struct ethhdr eth;
 	struct outer out;
-	__u32 ifindex;
 	__s64 sum;
 
 	if (!is_peer_address(dst6, cfg) || f->ip6.hop_limit <= 1 || f->udp.check == 0)
-		return pass(FP_UDP_PASSED);
-	ifindex = route_out(skb, cfg, &src, target, n + OUTER_LEN, &eth);
-	if (!ifindex)
 		return pass(FP_UDP_PASSED);
 	outer_headers(&out.ip, &out.udp, cfg, src, target, target_port, n);
 	/* incremental: the old checksum minus the old addresses, ports and hop limit, plus the new ones */
@@ -369,12 +349,11 @@ static __always_inline int relay(struct __sk_buff *skb, const struct fp_config *
 		if (!out.udp.check)
 			out.udp.check = 0xffff;
 	}
-	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) ||
-	    bpf_skb_store_bytes(skb, sizeof(eth), &out, sizeof(out), 0) ||
+	if (bpf_skb_store_bytes(skb, sizeof(struct ethhdr), &out, sizeof(out), 0) ||
 	    bpf_skb_store_bytes(skb, offsetof(struct frame, ip6.hop_limit), &hop_limit, 1, 0))
 		return TCX_DROP; /* half rewritten (cannot happen: the data is linear and writable) */
 	count(FP_UDP_IN, n, FP_RELAYED);
-	return bpf_redirect(ifindex, 0);
+	return send_out(cfg);
 }
 
 SEC("tc")
@@ -388,7 +367,7 @@ int uplink_in(struct __sk_buff *skb)
 	void *data, *end;
 	__s64 sum;
 
-	if (!cfg || skb->protocol != bpf_htons(ETH_P_IP) || skb->gso_size)
+	if (!cfg || skb->protocol != bpf_htons(ETH_P_IP) || skb->pkt_type != PACKET_HOST || skb->gso_size)
 		return TCX_NEXT;
 	if (len < sizeof(struct frame) || len > sizeof(struct ethhdr) + OUTER_LEN + LINK_MTU)
 		return TCX_NEXT;
@@ -491,11 +470,9 @@ int tun_out(struct __sk_buff *skb)
 	__u32 zero = 0;
 	const struct fp_config *cfg = bpf_map_lookup_elem(&config, &zero);
 	struct sk_buff___fp *kskb;
-	struct ethhdr eth;
 	struct outer outer;
 	struct ipv6hdr *ip6;
-	__u32 l2, n, ifindex;
-	__be32 src;
+	__u32 l2, n;
 	__s64 sum;
 
 	if (!cfg || skb->protocol != bpf_htons(ETH_P_IPV6) || skb->gso_size)
@@ -554,24 +531,20 @@ int tun_out(struct __sk_buff *skb)
 	if ((void *)(ip6 + 1) > (void *)(long)skb->data_end)
 		return pass(FP_TUN_PASSED);
 	dst6 = ip6->daddr.in6_u.u6_addr8;
-	src = cfg->bind;
-	ifindex = route_out(skb, cfg, &src, iid_ipv4(dst6), n + OUTER_LEN, &eth);
-	if (!ifindex)
-		return pass(FP_TUN_PASSED);
-	outer_headers(&outer.ip, &outer.udp, cfg, src, iid_ipv4(dst6), iid_port(dst6), n);
+	outer_headers(&outer.ip, &outer.udp, cfg, cfg->source, iid_ipv4(dst6), iid_port(dst6), n);
 	outer.udp.check = udp_checksum(&outer.ip, &outer.udp, (__u64)sum);
 
 	if (bpf_skb_adjust_room(skb, OUTER_LEN, BPF_ADJ_ROOM_MAC,
 				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP))
 		return pass(FP_TUN_PASSED);
-	/* from here the packet is changed: a failure (out of memory) can only drop it */
-	if (!l2 && bpf_skb_change_head(skb, sizeof(eth), 0))
+	/* from here the packet is changed: a failure (out of memory) can only drop it;
+	 * an Ethernet header (zeros) for bpf_redirect_neigh, which puts the real one */
+	if (!l2 && bpf_skb_change_head(skb, sizeof(struct ethhdr), 0))
 		return TCX_DROP;
-	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) ||
-	    bpf_skb_store_bytes(skb, sizeof(eth), &outer, sizeof(outer), 0))
+	if (bpf_skb_store_bytes(skb, sizeof(struct ethhdr), &outer, sizeof(outer), 0))
 		return TCX_DROP;
 	count(FP_TUN_IN, n, FP_TO_UDP);
-	return bpf_redirect(ifindex, 0);
+	return send_out(cfg);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

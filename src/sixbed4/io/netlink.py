@@ -180,11 +180,16 @@ def uplink_for(ipv4: str) -> tuple[int, str] | None:
         return index, ipr.get_links(index)[0].get_attr("IFLA_IFNAME")
 
 
-def host_ipv4s() -> list[bytes]:
-    """Every IPv4 address of this host (this network namespace), packed."""
+def ipv4_addresses(ifname: str | None = None) -> list[bytes]:
+    """The IPv4 addresses of one interface, or of the whole host (this network namespace), packed."""
     with IPRoute() as ipr:
-        return [socket.inet_aton(a.get_attr("IFA_LOCAL")) for a in ipr.get_addr(family=AF_INET)
-                if a.get_attr("IFA_LOCAL")]
+        query = {"family": AF_INET}
+        if ifname is not None:
+            found = ipr.link_lookup(ifname=ifname)
+            if not found:
+                return []
+            query["index"] = found[0]
+        return [socket.inet_aton(a.get_attr("IFA_LOCAL")) for a in ipr.get_addr(**query) if a.get_attr("IFA_LOCAL")]
 
 
 class LinkWatch:

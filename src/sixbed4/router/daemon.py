@@ -131,7 +131,7 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
         core = RouterCore(config)
         try:
             fast = fastpath.start(settings.fast_path, config, settings.bind, tun.name,
-                                  settings.uplink or watch.uplink, netlink.host_ipv4s())
+                                  settings.uplink or watch.uplink, netlink.ipv4_addresses())
         except fastpath.FastPathError as exc:
             return cliutil.fail(prog, f"--fast-path on: {exc}")
         if fast is not None:
