@@ -57,8 +57,9 @@ def _on_print(level, fmt, args):
     _libc.vsnprintf(buffer, len(buffer), fmt, ctypes.c_void_p(args))
     text = buffer.value.decode(errors="replace").rstrip()
     if text:
-        _messages.append(text)
-        log.debug("libbpf: %s", text)
+        _messages.append(text)  # kept for the error that may follow (the verifier's log comes as one)
+        if level == 0:  # LIBBPF_WARN; its INFO and DEBUG messages are many lines per load
+            log.debug("%s", text)
     return 0
 
 
@@ -89,6 +90,7 @@ def library():
         ("bpf_link_create", i, [i, i, u32, vp]),
         ("bpf_prog_test_run_opts", i, [i, ctypes.POINTER(_TestRunOpts)]),
         ("libbpf_num_possible_cpus", i, []),
+        ("bpf_obj_get_info_by_fd", i, [i, vp, ctypes.POINTER(u32)]),
     ):
         func = getattr(lib, fn)
         func.restype, func.argtypes = restype, argtypes
@@ -182,6 +184,14 @@ def attach_tcx(prog_fd: int, ifindex: int, attach_type: int, what: str) -> int:
     """A tcx link of the program on the device; closing the returned fd detaches it."""
     _messages.clear()
     return _check(library().bpf_link_create(prog_fd, ifindex, attach_type, None), what)
+
+
+def link_id(fd: int) -> int:
+    """The kernel's id of a link (as `bpftool link show` lists it)."""
+    info = ctypes.create_string_buffer(64)  # struct bpf_link_info: type, id, prog_id, ...
+    size = ctypes.c_uint32(len(info))
+    _check(library().bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)), "reading a link's id")
+    return int.from_bytes(info.raw[4:8], "little")
 
 
 def test_run(prog_fd: int, data: bytes, ctx: bytes | None = None) -> tuple[int, bytes]:

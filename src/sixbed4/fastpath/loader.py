@@ -41,9 +41,11 @@ class Attachment:
 
     uplink: str
     tun: str
+    links: tuple[int, ...]  # the kernel's ids of the tcx links
 
     def __str__(self) -> str:
-        return f"tc ingress of {self.uplink} (peers -> router) and tc egress of {self.tun} (router -> peers)"
+        return (f"tc ingress of {self.uplink} (peers -> router) and tc egress of {self.tun} (router -> peers), "
+                f"tcx links {', '.join(map(str, self.links))}")
 
 
 def kernel_release() -> tuple[int, int]:
@@ -130,6 +132,9 @@ class FastPath:
                 totals[index] += value
         return dict(zip(COUNTER_NAMES, totals))
 
+    def metrics_collector(self, namespace: str) -> "FastPathCollector":
+        return FastPathCollector(namespace, self)
+
     # --- hooks ------------------------------------------------------------------
 
     def attach(self, uplink: str, tun: str) -> Attachment:
@@ -147,7 +152,7 @@ class FastPath:
             if exc.errno == errno.EINVAL:
                 raise FastPathError(f"{exc} (the kernel has no tcx hooks?)") from None
             raise FastPathError(str(exc)) from None
-        self.attachment = Attachment(uplink, tun)
+        self.attachment = Attachment(uplink, tun, tuple(libbpf.link_id(fd) for fd in self._links))
         return self.attachment
 
     def detach(self) -> None:
@@ -181,3 +186,25 @@ def _ifindex(name: str) -> int:
         return socket.if_nametoindex(name)
     except OSError:
         raise FastPathError(f"no device {name}") from None
+
+
+class FastPathCollector:
+    """`<namespace>_fastpath_total{event=...}`: what the kernel took, and what it left to the Python path.
+
+    The router's own counters (udp_in, to_tun, ...) already include the
+    kernel's; these say how much of them it was.
+    """
+
+    HELP = "packets the kernel fast path handled (udp_in, to_tun, relayed, tun_in, to_udp, ...) or left to " \
+           "the Python path (udp_passed, tun_passed)"
+
+    def __init__(self, namespace: str, fast: FastPath):
+        self.namespace, self.fast = namespace, fast
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily(f"{self.namespace}_fastpath", self.HELP, labels=["event"])
+        for name, value in self.fast.counters().items():
+            family.add_metric([name], value)
+        yield family

@@ -76,6 +76,10 @@ class NotableEvents:
         self.next_report = now + self.INTERVAL
 
 
+def _nonzero(counters: dict[str, int]) -> str:
+    return " ".join(f"{k}={v}" for k, v in counters.items() if v)
+
+
 def _forwarding_enabled() -> bool:
     try:
         return netlink.read_sysctl("net.ipv6.conf.all.forwarding") == "1"
@@ -136,6 +140,8 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
             return cliutil.fail(prog, f"--fast-path on: {exc}")
         if fast is not None:
             cleanup.callback(fast.close)
+            cleanup.callback(lambda: log.info("fast path counters: %s", _nonzero(fast.counters())))
+            collectors.append(fast.metrics_collector("sixbed4_router"))
 
         def counters():
             return core.counters.plus(fast.counters()) if fast else core.counters
@@ -172,5 +178,5 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
             log.error("%s; exiting", watch.explain(exc))
             return 1
         finally:
-            log.info("counters: %s", " ".join(f"{k}={v}" for k, v in counters().snapshot().items() if v))
+            log.info("counters: %s", _nonzero(counters().snapshot()))
         return 0
