@@ -41,7 +41,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         removed = demo.Lab.sweep(demo.TAG)
         print(f"removed {len(removed)} demo namespaces")
         return 0
-    return demo.main("6bed4 demo", keep=args.keep, upstream=args.upstream, python=sys.executable)
+    return demo.main("6bed4 demo", keep=args.keep, upstream=args.upstream, python=sys.executable,
+                     fast_path=args.fast_path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upstream", choices=("on-link", "routed"), default="on-link",
                    help="on-link: the upstream treats the /64 as on-link and the router answers ND for it "
                         "(proxy ND); routed: the upstream routes the /64 to the VM (default: %(default)s)")
+    p.add_argument("--fast-path", choices=("auto", "on", "off"), default="auto",
+                   help="the router's kernel fast path (6bed4router --fast-path; default: %(default)s)")
     p.set_defaults(func=cmd_demo)
 
     from .hostsetup import cli as hostsetup_cli  # host-setup, proxy-nd

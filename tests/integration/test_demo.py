@@ -49,10 +49,11 @@ def no_demo_left():
     assert not left, f"the demo left namespaces behind: {left}"
 
 
-@pytest.mark.parametrize("upstream", ["on-link", "routed"])
-def test_demo_passes_every_cell_and_cleans_up(upstream):
+@pytest.mark.parametrize("upstream, fast_path", [("on-link", "on"), ("on-link", "off"), ("routed", "on")])
+def test_demo_passes_every_cell_and_cleans_up(upstream, fast_path):
     started = time.monotonic()
-    result = subprocess.run([*DEMO, "--upstream", upstream], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([*DEMO, "--upstream", upstream, "--fast-path", fast_path], capture_output=True, text=True,
+                            timeout=120)
     took = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr
     cells = parse_matrix(result.stdout)
@@ -62,7 +63,8 @@ def test_demo_passes_every_cell_and_cleans_up(upstream):
     assert "ALL PASSED (18/18" in result.stdout
     assert re.search(r"laptop behind the gateway takes 2001:db8:9:10:c433:6407:[0-9a-f]+:8002 ", result.stdout)
     assert "cleaned up" in result.stdout
-    print(f"demo --upstream {upstream} took {took:.1f}s")
+    assert ("fast path attached: tc ingress of eth0" if fast_path == "on" else "fast path off") in result.stdout
+    print(f"demo --upstream {upstream} --fast-path {fast_path} took {took:.1f}s")
 
 
 def test_demo_interrupted_cleans_up_and_says_so():

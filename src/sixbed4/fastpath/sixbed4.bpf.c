@@ -475,8 +475,10 @@ int tun_out(struct __sk_buff *skb)
 	__u32 l2, n;
 	__s64 sum;
 
-	if (!cfg || skb->protocol != bpf_htons(ETH_P_IPV6) || skb->gso_size)
+	if (!cfg || skb->protocol != bpf_htons(ETH_P_IPV6))
 		return TCX_NEXT;
+	if (skb->gso_size)
+		return pass(FP_TUN_PASSED); /* a GSO packet: cut into datagrams after this hook, read by Python */
 	l2 = cfg->l2_len == 14 ? 14 : 0;
 	if (skb->len < l2 + sizeof(*ip6) || skb->len > l2 + LINK_MTU)
 		return pass(FP_TUN_PASSED);
