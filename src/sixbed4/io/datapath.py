@@ -100,6 +100,8 @@ class Datapath:
         A device set down (`ip link set DEV down`) refuses writes with EIO until it
         is up again: its packets are counted as tun_down, everything else goes on
         (the daemon's LinkWatch logs it and restores the device's configuration).
+        Reads from it return what was queued before, then nothing (EAGAIN, no
+        EPOLLERR): no busy loop.
         """
         if to_tun and exc.errno == errno.EIO:
             self.core.counters.drops["tun_down"] += count
