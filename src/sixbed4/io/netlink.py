@@ -289,7 +289,8 @@ class LinkWatch:
             watch.add(found[0], f"uplink {found[1]}", "nothing passes it until it is up again")
         return watch
 
-    def add(self, index: int, what: str, when_down: str = "", restore=None) -> None:
+    def add(self, index: int, what: str, when_down: str, restore: Callable[[], None] | None = None) -> None:
+        """Watch interface `index`; `what` names it in the log, `when_down` says what its being down means."""
         self.links[index] = what
         self.when_down[index] = when_down
         if restore is not None:
