@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from typing import Callable, Iterable
 
 from ..core import addr
 from ..core.router import RouterConfig
@@ -18,9 +19,11 @@ MODES = ("auto", "on", "off")
 
 
 def start(mode: str, config: RouterConfig, bind: tuple[str, int], tun: str, uplink: str | None,
-          host_ipv4s) -> FastPath | None:
+          host_ipv4s: Callable[[], Iterable[bytes]]) -> FastPath | None:
     """The attached fast path, or None (mode off, or auto and it cannot be used: logged).
 
+    `host_ipv4s()` gives the host's IPv4 addresses, which the programs know
+    before they are attached (the daemon keeps them current afterwards).
     Raises FastPathError when mode is "on" and it cannot be used.
     """
     if mode == "off":
@@ -36,7 +39,8 @@ def start(mode: str, config: RouterConfig, bind: tuple[str, int], tun: str, upli
     return fast
 
 
-def _attach(config: RouterConfig, bind: tuple[str, int], tun: str, uplink: str | None, host_ipv4s) -> FastPath:
+def _attach(config: RouterConfig, bind: tuple[str, int], tun: str, uplink: str | None,
+            host_ipv4s: Callable[[], Iterable[bytes]]) -> FastPath:
     bind_ipv4 = addr.parse_ipv4(bind[0])
     if bind_ipv4[0] == 127:
         raise FastPathError(f"the socket is bound to {bind[0]} (-x): datagrams come through firewall rules")
@@ -48,8 +52,11 @@ def _attach(config: RouterConfig, bind: tuple[str, int], tun: str, uplink: str |
     fast = FastPath.load()
     try:
         fast.configure(config, bind_ipv4, source, socket.if_nametoindex(tun), _index(uplink))
-        fast.set_host_ipv4s(host_ipv4s)
+        fast.set_host_ipv4s(host_ipv4s())
         fast.attach(uplink, tun)
+    except OSError as exc:
+        fast.close()
+        raise FastPathError(str(exc)) from None
     except BaseException:
         fast.close()
         raise

@@ -14,6 +14,7 @@ from ..fastpath import control as fastpath
 from ..io import netlink
 from ..io import service
 from ..io.datapath import Datapath, DatapathError
+from ..io.hostaddr import HostIPv4Watch, host_ipv4s
 from ..io.metrics import CountersCollector, MetricsError
 from ..io.tun import Tun, TunError
 from ..io.udp import UdpError, open_udp
@@ -89,7 +90,7 @@ def _forwarding_enabled() -> bool:
 
 def _start_proxy_nd(uplink: str, config: RouterConfig, cleanup: contextlib.ExitStack):
     """The proxy ND responder in a daemon thread of its own (its socket is not the datapath's)."""
-    from ..hostsetup.proxy import ProxyError, ProxyResponder
+    from ..io.proxynd import ProxyError, ProxyResponder
 
     try:
         responder = ProxyResponder(uplink, config.prefix)
@@ -120,6 +121,7 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
             configure_tun(setup, config, settings.prefix_route)
             listen = addr.format_ipv4(config.ipv4)
             watch = netlink.LinkWatch.tun_and_uplink(setup, listen)
+            cleanup.callback(watch.close)
         except (UdpError, TunError, netlink.NetlinkSetupError) as exc:
             return cliutil.fail(prog, exc.strerror or str(exc))
         except PermissionError as exc:
@@ -135,7 +137,7 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
         core = RouterCore(config)
         try:
             fast = fastpath.start(settings.fast_path, config, settings.bind, tun.name,
-                                  settings.uplink or watch.uplink, netlink.ipv4_addresses())
+                                  settings.uplink or watch.uplink, host_ipv4s)
         except fastpath.FastPathError as exc:
             return cliutil.fail(prog, f"--fast-path on: {exc}")
         if fast is not None:
@@ -143,9 +145,20 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
             cleanup.callback(lambda: log.info("fast path counters: %s", _nonzero(fast.counters())))
             collectors.append(fast.metrics_collector("sixbed4_router"))
 
+        def on_host_ipv4s(addresses) -> None:
+            core.set_host_ipv4s(addresses)
+            if fast is not None:
+                fast.set_host_ipv4s(addresses)
+
         def counters():
             return core.counters.plus(fast.counters()) if fast else core.counters
 
+        try:
+            host_watch = HostIPv4Watch(on_host_ipv4s)
+            host_watch.start()
+        except OSError as exc:
+            return cliutil.fail(prog, f"cannot read the host's IPv4 addresses: {exc}")
+        cleanup.callback(host_watch.close)
         prefix_text = addr.format_address(config.prefix + bytes(8))
         info = {"prefix": f"{prefix_text}/64", "address": addr.format_address(config.address),
                 "fast_path": str(fast.attachment) if fast else "off"}
@@ -160,6 +173,10 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
             "serving %s/64 on UDP %s:%d via %s; router address %s",
             prefix_text, *settings.bind, tun.name, addr.format_address(config.address),
         )
+        if config.routes:
+            ra, corrective = config.ra_sizes
+            log.info("RAs carry %d -R route(s): %d bytes (%d corrective), %.1fx a 48-byte Router Solicitation",
+                     len(config.routes), ra, corrective, ra / 48)
         if watch.uplink is None:
             log.warning("no interface has or routes %s: not watching an uplink", listen)
         if not _forwarding_enabled():
