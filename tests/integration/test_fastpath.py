@@ -9,6 +9,7 @@ built, tcx links that go with the process, two routers on one host, and
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ import pytest
 from scapy.layers.inet import UDP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6TimeExceeded, IPv6
 
+from sixbed4.core import addr
 from tests.integration import topology
 from tests.integration.sixclient import SixClient
 from tests.integration.test_peer import address, launch_peer, ping, wait_for_address
@@ -212,3 +214,28 @@ def test_on_that_cannot_be_used_is_an_error_and_auto_says_why(lab, options, mess
     assert "fast path not used: " in log and message in log and "Python path" in log
     Lab.stop(proc)
 
+
+
+def test_a_new_address_of_the_host_is_never_a_relay_target(lab):
+    """The programs learn the host's IPv4 addresses as they come (here after dropping to nobody)."""
+    topo = topology.build(lab, ("mob",), "on")
+    topo.start_router("--user", "nobody", "--metrics", "127.0.0.1:9642")
+    client = SixClient(lab, topo.clients["mob"].ns)
+    try:
+        client.solicit()
+        prefix = ipaddress.IPv6Network(topology.PREFIX).network_address.packed[:8]
+        target = addr.format_address(addr.encode(prefix, addr.parse_ipv4("198.18.0.99"), 5000, 1))
+        lab.sh(topo.router, "ip addr add 198.18.0.99/32 dev lo")
+        lab.wait_for(lambda: "198.18.0.99" in lab.sh(topo.router, "ip -4 addr show dev lo").stdout, what="address")
+        samples = {}
+
+        def refused() -> bool:
+            nonlocal samples
+            client.ping(target, seq=1)
+            samples = lab.metrics(topo.router, METRICS)
+            return samples[("sixbed4_router_drops_total", (("reason", "relay_forbidden"),))] >= 1
+
+        lab.wait_for(refused, timeout=5, what="the relay to the host's new address refused")
+        assert samples[("sixbed4_router_fastpath_total", (("event", "relayed"),))] == 0
+    finally:
+        client.close()
