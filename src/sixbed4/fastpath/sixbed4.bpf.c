@@ -367,8 +367,9 @@ int uplink_in(struct __sk_buff *skb)
 	void *data, *end;
 	__s64 sum;
 
-	if (!cfg || skb->protocol != bpf_htons(ETH_P_IP) || skb->pkt_type != PACKET_HOST || skb->gso_size)
-		return TCX_NEXT;
+	if (!cfg || skb->protocol != bpf_htons(ETH_P_IP) || skb->pkt_type != PACKET_HOST || skb->vlan_present ||
+	    skb->gso_size)
+		return TCX_NEXT; /* not a plain IPv4 packet for this host (a VLAN's is its device's) */
 	if (len < sizeof(struct frame) || len > sizeof(struct ethhdr) + OUTER_LEN + LINK_MTU)
 		return TCX_NEXT;
 	if (bpf_skb_pull_data(skb, len))
