@@ -140,6 +140,14 @@ static __always_inline int pass(__u32 which)
 	return TCX_NEXT;
 }
 
+/* The whole packet in the linear part, where the program can read it (mostly it is already). */
+static __always_inline long make_linear(struct __sk_buff *skb, __u32 len)
+{
+	if ((long)skb->data_end - (long)skb->data >= len)
+		return 0;
+	return bpf_skb_pull_data(skb, len);
+}
+
 static __always_inline __u16 fold(__u64 sum)
 {
 	sum = (sum & 0xffffffff) + (sum >> 32);
@@ -247,10 +255,21 @@ static __always_inline int is_peer_address(const __u8 *address, const struct fp_
 	return (address[8] & 0x03) == 0 && is_peer_endpoint(iid_ipv4(address), iid_port(address), cfg);
 }
 
+/* The ones' complement sum of an IPv4 header without options (0xffff if its checksum is right). */
+static __always_inline __u16 ipv4_header_sum(const struct iphdr *ip)
+{
+	const __u16 *word = (const __u16 *)ip;
+	__u64 sum = 0;
+
+	for (int i = 0; i < 10; i++)
+		sum += word[i];
+	return fold(sum);
+}
+
 static __always_inline __u16 ipv4_header_checksum(struct iphdr *ip)
 {
 	ip->check = 0;
-	return ~fold(bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0));
+	return ~ipv4_header_sum(ip);
 }
 
 /* The outer IPv4 + UDP headers as the router's socket sends them (DF, ID 0, default TTL). */
@@ -372,7 +391,7 @@ int uplink_in(struct __sk_buff *skb)
 		return TCX_NEXT; /* not a plain IPv4 packet for this host (a VLAN's is its device's) */
 	if (len < sizeof(struct frame) || len > sizeof(struct ethhdr) + OUTER_LEN + LINK_MTU)
 		return TCX_NEXT;
-	if (bpf_skb_pull_data(skb, len))
+	if (make_linear(skb, len))
 		return TCX_NEXT;
 	data = (void *)(long)skb->data;
 	end = (void *)(long)skb->data_end;
@@ -390,7 +409,7 @@ int uplink_in(struct __sk_buff *skb)
 	if (bpf_ntohs(f->ip.tot_len) != len - sizeof(struct ethhdr) ||
 	    bpf_ntohs(f->udp.len) != len - sizeof(struct ethhdr) - sizeof(struct iphdr))
 		return pass(FP_UDP_PASSED);
-	if (fold(bpf_csum_diff(0, 0, (__be32 *)&f->ip, sizeof(f->ip), 0)) != 0xffff)
+	if (ipv4_header_sum(&f->ip) != 0xffff)
 		return pass(FP_UDP_PASSED); /* the kernel drops it: let it */
 	n = len - sizeof(struct ethhdr) - OUTER_LEN;
 
@@ -484,7 +503,7 @@ int tun_out(struct __sk_buff *skb)
 	if (skb->len < l2 + sizeof(*ip6) || skb->len > l2 + LINK_MTU)
 		return pass(FP_TUN_PASSED);
 	n = skb->len - l2;
-	if (bpf_skb_pull_data(skb, skb->len))
+	if (make_linear(skb, skb->len))
 		return pass(FP_TUN_PASSED);
 	ip6 = (void *)(long)skb->data + l2;
 	if ((void *)(ip6 + 1) > (void *)(long)skb->data_end)
