@@ -44,14 +44,12 @@ def _attach(config: RouterConfig, bind: tuple[str, int], tun: str, uplink: str |
     bind_ipv4 = addr.parse_ipv4(bind[0])
     if bind_ipv4[0] == 127:
         raise FastPathError(f"the socket is bound to {bind[0]} (-x): datagrams come through firewall rules")
-    if bind[1] != config.port:
-        raise FastPathError(f"the socket's port {bind[1]} is not the router's port {config.port}")
     if uplink is None:
         raise FastPathError(f"no interface has or routes {addr.format_ipv4(config.ipv4)}: give --uplink")
     source = bind_ipv4 if any(bind_ipv4) else _uplink_ipv4(uplink)
     fast = FastPath.load()
     try:
-        fast.configure(config, bind_ipv4, source, socket.if_nametoindex(tun), _index(uplink))
+        fast.configure(config, bind_ipv4, source, _index(tun), _index(uplink))
         fast.set_host_ipv4s(host_ipv4s())
         fast.attach(uplink, tun)
     except OSError as exc:

@@ -87,8 +87,8 @@ class FastPath:
             if exc.errno == errno.ENOENT and "libbpf" in str(exc):
                 raise FastPathError(str(exc)) from None
             if exc.errno == errno.EPERM:
-                raise FastPathError(f"no permission to load BPF programs (needs CAP_BPF, CAP_NET_ADMIN, "
-                                    f"CAP_PERFMON): {exc}") from None
+                raise FastPathError("no permission to load BPF programs (needs CAP_BPF, CAP_PERFMON and "
+                                    "CAP_NET_ADMIN)") from None
             raise FastPathError(f"the kernel refused the programs: {exc}") from None
 
     # --- maps -------------------------------------------------------------------
