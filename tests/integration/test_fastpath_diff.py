@@ -106,33 +106,44 @@ class Differential:
                                 ttl=TTL, l2_len=14)
             self.fast.set_host_ipv4s([ROUTER_V4, OTHER_HOST_V4])
         self.core = RouterCore(config)
-        if hasattr(self.core, "set_host_ipv4s"):
-            self.core.set_host_ipv4s([ROUTER_V4, OTHER_HOST_V4])
+        self.core.set_host_ipv4s([ROUTER_V4, OTHER_HOST_V4])
 
     # --- the two directions ---------------------------------------------------------
 
-    def from_udp(self, tally: Tally, frame: bytes, deliverable: bool) -> None:
-        """`frame` reaches the uplink; `deliverable`: it is exactly a datagram for the router's socket."""
+    def taken(self, tally: Tally, program: int, frame: bytes, direction: str, ifindex: int = 0) -> bytes | None:
+        """The frame as the program left it when it took the packet; None when it handed it on (unchanged)."""
         tally.cases += 1
-        verdict, out = self.fast.test_run(self.fast.uplink_in, frame, self.uplink_index)
+        verdict, out = self.fast.test_run(program, frame, ifindex)
         if verdict == NEXT:
-            tally.outcomes["udp passed"] += 1
+            tally.outcomes[f"{direction} passed"] += 1
             if out != frame:
                 tally.mismatch("passed but changed", frame, out.hex())
-            return
+            return None
         if verdict != REDIRECT:
             tally.mismatch(f"verdict {verdict}", frame)
+            return None
+        return out
+
+    def core_action(self, tally: Tally, decide):
+        """The core's action, its counters' increments added to what the fast path must have counted."""
+        before = self.core.counters.snapshot()
+        action = decide()
+        after = self.core.counters.snapshot()
+        tally.expected.update({k: after[k] - before[k] for k in after if after[k] != before[k]})
+        return action
+
+    def from_udp(self, tally: Tally, frame: bytes, deliverable: bool) -> None:
+        """`frame` reaches the uplink; `deliverable`: it is exactly a datagram for the router's socket."""
+        out = self.taken(tally, self.fast.uplink_in, frame, "udp", self.uplink_index)
+        if out is None:
             return
         if not deliverable:
             tally.mismatch("took a datagram the socket would not get", frame)
             return
         origin = (addr.format_ipv4(frame[26:30]), struct.unpack_from("!H", frame, 34)[0])
         packet = bytearray(frame[42:])
-        before = self.core.counters.snapshot()
         self.now += 0.001
-        action = self.core.from_udp(packet, origin, self.now)
-        after = self.core.counters.snapshot()
-        tally.expected.update({k: after[k] - before[k] for k in after if after[k] != before[k]})
+        action = self.core_action(tally, lambda: self.core.from_udp(packet, origin, self.now))
         if action[0] == TUN:
             tally.outcomes["to_tun"] += 1
             if out[14:] != frame[42:]:
@@ -146,22 +157,12 @@ class Differential:
     def from_tun(self, tally: Tally, packet: bytes) -> None:
         if len(packet) < 40:
             return  # the kernel routes no such packet (BPF_PROG_TEST_RUN refuses to build it)
-        tally.cases += 1
         frame = bytes(12) + b"\x86\xdd" + packet  # BPF_PROG_TEST_RUN wants an Ethernet header (l2_len 14)
-        verdict, out = self.fast.test_run(self.fast.tun_out, frame)
-        if verdict == NEXT:
-            tally.outcomes["tun passed"] += 1
-            if out != frame:
-                tally.mismatch("passed but changed", frame, out.hex())
-            return
-        if verdict != REDIRECT:
-            tally.mismatch(f"verdict {verdict}", frame)
+        out = self.taken(tally, self.fast.tun_out, frame, "tun")
+        if out is None:
             return
         edited = bytearray(packet)
-        before = self.core.counters.snapshot()
-        action = self.core.from_tun(edited)
-        after = self.core.counters.snapshot()
-        tally.expected.update({k: after[k] - before[k] for k in after if after[k] != before[k]})
+        action = self.core_action(tally, lambda: self.core.from_tun(edited))
         if action[0] == SEND and action[1] is None:
             tally.outcomes["to_udp"] += 1
             self.check_datagram(tally, frame, out, self.config.ipv4, action[2], bytes(edited))
