@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import cliutil
+from . import cliutil, config
 from .core import addr
 
 DESCRIPTION = "Tools for 6bed4 (IPv6 over UDP/IPv4): addresses, host setup, proxy ND, the live demo."
@@ -80,13 +80,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """argv through the parser; a command that takes --config reads it with config.parse_with_config."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    command = commands.choices.get(argv[0]) if argv else None
+    if command is not None and "--config" in command._option_string_actions:  # noqa: SLF001
+        args = config.parse_with_config(command, argv[1:])
+        args.command = argv[0]
+        return args
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        args = parse(parser, argv)
         return args.func(args)
     except (addr.AddressError, cliutil.UsageError) as exc:
-        return cliutil.fail(f"{parser.prog} {args.command}", str(exc))
+        command = argv[0] if argv and not argv[0].startswith("-") else ""
+        return cliutil.fail(f"{parser.prog} {command}".strip(), str(exc))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 `InterfaceSetup` records every change it makes so that `undo()` removes exactly
 those, in reverse order: what the daemon added goes away on exit, what was
 there before stays.  `LinkWatch` notices when an interface the daemon depends on
-(its TUN device, its uplink) is deleted under it.
+(its TUN device, its uplink, the router's proxy-ND interface) is deleted under it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import errno
 import ipaddress
 import logging
 import socket
+import threading
 from pathlib import Path
 
 from pyroute2 import IPRoute
@@ -94,8 +95,11 @@ class InterfaceSetup:
                 return True
         return False
 
-    def add_address(self, address: str, prefixlen: int, *, prefix_route: bool = False) -> None:
+    def add_address(self, address: str, prefixlen: int, *, prefix_route: bool = False, adopt: bool = False) -> None:
+        """Add an address; one that is there already is left alone, or with `adopt` taken as ours (undo removes it)."""
         if self.has_address(address, prefixlen):
+            if adopt:
+                self._undo.append(("addr", ("del",), dict(index=self.index, address=address, prefixlen=prefixlen)))
             return
         flags = IFA_F_NODAD | (0 if prefix_route else IFA_F_NOPREFIXROUTE)
         self._call(
@@ -109,14 +113,16 @@ class InterfaceSetup:
         )
         self._undo.append(("addr", ("del",), dict(index=self.index, address=address, prefixlen=prefixlen)))
 
-    def add_route(self, prefix: str, prefixlen: int, **extra) -> None:
+    def add_route(self, prefix: str, prefixlen: int, *, adopt: bool = False, **extra) -> None:
+        """Add a route; one that exists already is left alone, or with `adopt` taken as ours (undo removes it)."""
         spec = dict(dst=prefix, dst_len=prefixlen, oif=self.index, family=AF_INET6, **extra)
         try:
             self.ipr.route("add", **spec)
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise NetlinkSetupError(exc.code, f"adding route {prefix}/{prefixlen} via {self.ifname}: {exc}") from None
-            return
+            if not adopt:
+                return
         self._undo.append(("route", ("del",), spec))
 
     def _forget(self, kind: str, kwargs: dict) -> bool:
@@ -181,10 +187,15 @@ def uplink_for(ipv4: str) -> tuple[int, str] | None:
 
 
 class LinkWatch:
-    """The interfaces a daemon cannot work without, checked by index (renaming one is fine)."""
+    """The interfaces a daemon cannot work without, checked by index (renaming one is fine).
+
+    Also the helper threads it cannot work without (the router's proxy ND
+    responder): a thread that ended ends the daemon as a deleted interface does.
+    """
 
     def __init__(self) -> None:
         self.links: dict[int, str] = {}  # index -> what it is, e.g. "uplink eth0"
+        self.threads: list[tuple[threading.Thread, str]] = []
         self.uplink: str | None = None
 
     @classmethod
@@ -199,22 +210,28 @@ class LinkWatch:
         return watch
 
     def add(self, index: int, what: str) -> None:
-        self.links[index] = what
+        self.links.setdefault(index, what)  # an interface with two roles keeps its first name
+
+    def add_thread(self, thread: threading.Thread, what: str) -> None:
+        self.threads.append((thread, what))
 
     def missing(self) -> str | None:
-        """The first watched interface that no longer exists, or None."""
+        """What is gone, e.g. "uplink eth0 was deleted", or None."""
         for index, what in self.links.items():
             try:
                 socket.if_indextoname(index)  # one ioctl: cheap enough for every timer tick
             except OSError:
-                return what
+                return f"{what} was deleted"
+        for thread, what in self.threads:
+            if not thread.is_alive():
+                return f"{what} stopped"
         return None
 
     def check(self) -> None:
-        """Raise LinkGone if a watched interface was deleted."""
+        """Raise LinkGone if a watched interface was deleted (or a watched thread ended)."""
         gone = self.missing()
         if gone:
-            raise LinkGone(f"{gone} was deleted")
+            raise LinkGone(gone)
 
     def guarding(self, on_tick):
         """A datapath on_tick that first checks the watched interfaces: LinkGone ends the datapath."""
@@ -229,5 +246,5 @@ class LinkWatch:
         """Why the datapath stopped: a deleted interface if there is one, else the error itself."""
         gone = self.missing()
         if gone and not isinstance(exc, LinkGone):
-            return f"{gone} was deleted ({exc})"
+            return f"{gone} ({exc})"
         return str(exc)
