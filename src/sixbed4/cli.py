@@ -10,6 +10,15 @@ from .core import addr
 
 DESCRIPTION = "Tools for 6bed4 (IPv6 over UDP/IPv4): addresses, host setup, proxy ND, the live demo."
 
+# Exit codes of the commands (the man page's EXIT STATUS section is made from this table).
+EXIT_STATUS = {
+    0: "success; host-setup apply or undo with nothing to do is a success too; demo: every check passed",
+    cliutil.EXIT_FAILURE: "host-setup apply failed (the changes of that run were taken back) or undo could not "
+                          "restore everything (the record is kept, to try again); demo: a check failed",
+    cliutil.EXIT_USAGE: "a wrong option, config file setting or address; nothing was changed",
+    130: "demo: interrupted (SIGINT or SIGTERM); the lab was taken down",
+}
+
 
 def cmd_addr(args: argparse.Namespace) -> int:
     if args.address is not None:

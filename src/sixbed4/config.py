@@ -35,6 +35,11 @@ def long_options(parser: argparse.ArgumentParser) -> dict[str, tuple[argparse.Ac
     return options
 
 
+def repeatable(action: argparse.Action) -> bool:
+    """Whether the option may be given more than once (in a file: a list) and collects every value."""
+    return isinstance(action, argparse._AppendAction) or getattr(action, "repeatable", False)  # noqa: SLF001
+
+
 def read_file(path: str) -> dict:
     try:
         with open(path, "rb") as handle:

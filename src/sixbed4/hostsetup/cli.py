@@ -14,6 +14,12 @@ from ..io.metrics import MetricsError, parse_listen, serve_metrics
 
 log = logging.getLogger("6bed4")
 
+# What each signal does to `6bed4 proxy-nd` (also the man page's SIGNALS section).
+PROXY_SIGNALS = {
+    signal.SIGTERM: "proxy-nd: stop answering, close the packet socket, exit 0",
+    signal.SIGINT: "proxy-nd: the same as SIGTERM",
+}
+
 HOST_SETUP_DESCRIPTION = """\
 Prepare a host for 6bed4router, following the seed: IPv6 forwarding on the uplink,
 the host's own addresses in the /64 moved off the uplink's /64 (as /112 on a dummy
@@ -170,7 +176,7 @@ def cmd_proxy_nd(args: argparse.Namespace) -> int:
         log.info("%s received, shutting down", signal.Signals(signum).name)
         responder.stop_event.set()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in PROXY_SIGNALS:
         signal.signal(signum, on_signal)
     try:
         responder.run()

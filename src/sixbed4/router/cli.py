@@ -30,6 +30,8 @@ example: 6bed4router -l 192.0.2.1 -L 2001:db8:9:10::/64
 class _Ordered(argparse.Action):
     """Keep -m/-s/-t/-u/-i in command-line order in `masq`: a port rule takes the last -m before it."""
 
+    repeatable = True  # in a config file too: tcp = ["80", "443"]
+
     def __call__(self, parser, namespace, values, option_string=None):
         items = list(getattr(namespace, self.dest, None) or [])
         items.append((self.const, values, option_string))
