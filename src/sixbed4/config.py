@@ -177,13 +177,13 @@ class Reload:
         except SystemExit:  # argparse has printed the one-line error
             self.log.error("SIGHUP: %s has a bad value; running on unchanged", self.path)
             return None
-        logging.getLogger().setLevel(args.log_level.upper())
         changed = differences(current, settings)
         now = [name for name in changed if name.split(".")[0] in live]
         later = [name for name in changed if name.split(".")[0] not in live]
         self.log.info("SIGHUP: reloaded %s: log level %s%s%s", self.path, args.log_level,
                       "".join(f", {name} changed" for name in now),
                       f"; changed, but in effect only after a restart: {', '.join(later)}" if later else "")
+        logging.getLogger().setLevel(args.log_level.upper())  # after the line above, which a quieter level hides
         return settings
 
 
