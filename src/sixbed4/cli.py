@@ -47,8 +47,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run as demo  # imports pyroute2 netns helpers: only when asked
 
     if args.down:
-        removed = demo.Lab.sweep(demo.TAG)
-        print(f"removed {len(removed)} demo namespaces")
+        removed = demo.Lab.take_down()
+        print(f"took down {len(removed)} demo lab(s){': ' if removed else ''}{' '.join(removed)}")
         return 0
     return demo.main("6bed4 demo", keep=args.keep, upstream=args.upstream, python=sys.executable)
 
@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "who reaches whom. Exit code 0 only if everything passed.",
     )
     p.add_argument("--keep", action="store_true", help="leave the lab running and print how to enter it")
-    p.add_argument("--down", action="store_true", help="take down a lab left by --keep (or a crashed run)")
+    p.add_argument("--down", action="store_true",
+                   help="take down the labs left by --keep or by a demo that was killed (not a running demo's)")
     p.add_argument("--upstream", choices=("on-link", "routed"), default="on-link",
                    help="on-link: the upstream treats the /64 as on-link and the router answers ND for it "
                         "(proxy ND); routed: the upstream routes the /64 to the VM (default: %(default)s)")
