@@ -3,9 +3,13 @@ the example configurations: tests/unit/test_config.py)."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,3 +69,61 @@ def test_the_record_lives_where_the_unit_lets_it_write():
     from sixbed4.hostsetup.apply import DEFAULT_STATE_FILE
 
     assert str(DEFAULT_STATE_FILE.parent) == "/run/" + settings("6bed4-host-setup.service")["RuntimeDirectory"]
+
+
+def syscall_group(name: str) -> set[str]:
+    """The system calls of a systemd syscall group such as @system-service, nested groups expanded."""
+    listing = subprocess.run(["systemd-analyze", "syscall-filter"], capture_output=True, text=True, check=True).stdout
+    groups: dict[str, list[str]] = {}
+    for line in listing.splitlines():
+        if line.startswith("@"):
+            current = groups.setdefault(line.split()[0], [])
+        elif line.strip() and not line.strip().startswith("#"):
+            current.append(line.split()[0])
+    calls, todo = set(), [name]
+    while todo:
+        for item in groups[todo.pop()]:
+            if item.startswith("@"):
+                todo.append(item)
+            else:
+                calls.add(item)
+    return calls
+
+
+def test_the_daemons_make_no_system_call_the_units_filter_out(tmp_path):
+    """strace the router (proxy ND, metrics, --user, SIGHUP) and a peer (hook, metrics, --user) through a
+    ping: every system call they and the hook make is in the units' SystemCallFilter=@system-service."""
+    from tests.integration import topology
+    from tests.netlab import Lab
+
+    assert all(settings(unit)["SystemCallFilter"] == "@system-service" for unit in UNITS[:2])
+    allowed = syscall_group("@system-service")
+    hook = tmp_path / "hook"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    hook.chmod(0o755)
+    traces = {"router": tmp_path / "router.trace", "peer": tmp_path / "peer.trace"}
+    with Lab("sc") as lab:
+        net = topology.build(lab, ("mob",))
+        common = ["--metrics", "127.0.0.1:9640", "--user", "nobody"]
+        router = lab.start(net.router, ["strace", "-f", "-qq", "-o", str(traces["router"]), sys.executable, "-m",
+                                        "sixbed4.router.cli", "-l", topology.ROUTER_V4, "-L", topology.PREFIX,
+                                        "--proxy-nd", "up6", *common], "router")
+        lab.wait_for(lambda: "serving" in lab.log("router"), 20, "router start")
+        peer = lab.start(net.clients["mob"].ns, ["strace", "-f", "-qq", "-o", str(traces["peer"]), sys.executable,
+                                                 "-m", "sixbed4.peer.cli", "-s", topology.ROUTER_V4, "-r",
+                                                 "-x", str(hook), *common], "peer")
+        lab.wait_for(lambda: "assigned" in lab.log("peer"), 20, "peer address")
+        lab.sh(net.clients["mob"].ns, f"ping -6 -c 2 -i 0.2 {topology.INET6}")
+        lab.metrics(net.router, "http://127.0.0.1:9640/metrics")
+        lab.metrics(net.clients["mob"].ns, "http://127.0.0.1:9640/metrics")
+        daemons = [int(subprocess.run(["ps", "-o", "pid=", "--ppid", str(p.pid)], capture_output=True,
+                                      text=True).stdout.split()[0]) for p in (router, peer)]  # strace's child
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            for pid in daemons:
+                os.kill(pid, sig)
+            time.sleep(1.5)
+        assert router.wait(10) == 0 and peer.wait(10) == 0
+    for name, trace in traces.items():
+        calls = set(re.findall(r"^\d+ +([a-z0-9_]+)\(", trace.read_text(), re.M))
+        assert "setuid" in calls or "setresuid" in calls  # the trace covers the switch to --user
+        assert calls - allowed == set(), name
