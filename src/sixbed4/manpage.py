@@ -123,7 +123,7 @@ def _metrics(parts: list[tuple[str, CountersCollector]]) -> list[str]:
 
 def _collectors(name: str) -> list[tuple[str, CountersCollector]]:
     """Collectors like the program's own, over zero counters (they only name their families here)."""
-    from .hostsetup.proxy import ProxyResponder
+    from .io.proxynd import ProxyResponder
 
     proxy = ProxyResponder.metrics_collector(SimpleNamespace(counters=Counters()))  # a responder's, without a socket
     info = dict.fromkeys(("prefix", "address", "router"), "")
