@@ -54,12 +54,14 @@ def handle_signals(table: dict, stop, reload=None) -> None:
             signal.signal(signum, handlers[kind])
 
 
-def reloading(reload, settings, on_tick, live: frozenset[str] = frozenset(), apply=None):
+def reloading(reload, settings, on_tick, live: frozenset[str] = frozenset(), apply=None, ready=lambda: True):
     """A datapath on_tick that first carries out a requested reload, then calls on_tick.
 
     `live` names the settings the daemon changes while running, through
     apply(new settings); the others keep their value until the next start (and
-    are reported again by the next reload while they differ).
+    are reported again by the next reload while they differ).  systemd hears
+    RELOADING=1 and then READY=1, the latter only if ready() (a peer that has no
+    address yet is not ready after a reload either).
     """
     if reload is None:
         return on_tick
@@ -74,7 +76,8 @@ def reloading(reload, settings, on_tick, live: frozenset[str] = frozenset(), app
                 running = dataclasses.replace(running, **{name: getattr(new, name) for name in live})
                 if apply is not None:
                     apply(running)
-            notify("READY=1")
+            if ready():
+                notify("READY=1")
         on_tick(now)
 
     return tick

@@ -268,7 +268,7 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer", reload: Reload | N
         ticker = Ticker(core, sock, applier)
         service.notify(f"STATUS=soliciting router {config.router_ipv4}")  # READY=1 comes with the address
         on_tick = service.reloading(reload, settings, ticker, LIVE_SETTINGS,
-                                    apply=lambda running: ticker.change_hook(running.hook))
+                                    apply=lambda running: ticker.change_hook(running.hook), ready=lambda: ticker.ready)
         try:
             ticker(datapath.clock())  # the first RS now, not a tick later
             datapath.run(on_tick=watch.guarding(on_tick), tick=TICK)
