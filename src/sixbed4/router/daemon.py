@@ -131,6 +131,7 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Relo
             configure_tun(setup, config, settings.prefix_route)
             listen = addr.format_ipv4(config.ipv4)
             watch = netlink.LinkWatch.tun_and_uplink(setup, listen)
+            cleanup.callback(watch.close)
         except (UdpError, TunError, netlink.NetlinkSetupError) as exc:
             return cliutil.fail(prog, exc.strerror or str(exc))
         except PermissionError as exc:
@@ -142,7 +143,8 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Relo
             if isinstance(proxy, str):
                 return cliutil.fail(prog, proxy)
             collectors.append(proxy.metrics_collector())
-            watch.add(proxy.index, f"the proxy ND interface {settings.proxy_nd}")
+            watch.add(proxy.index, f"the proxy ND interface {settings.proxy_nd}",
+                      "Neighbor Solicitations on it go unanswered until it is up again")
             watch.add_thread(proxy.thread, "the proxy ND responder")
 
         core = RouterCore(config)
