@@ -195,6 +195,7 @@ class FastPathCollector:
     kernel's; these say how much of them it was.
     """
 
+    reasons = ()  # it drops nothing: every drop is the Python router's, under its reason
     HELP = "packets the kernel fast path handled (udp_in, to_tun, relayed, tun_in, to_udp, ...) or left to " \
            "the Python path (udp_passed, tun_passed)"
 
