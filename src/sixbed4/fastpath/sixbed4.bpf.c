@@ -389,14 +389,12 @@ int uplink_in(struct __sk_buff *skb)
 	if (!cfg || skb->protocol != bpf_htons(ETH_P_IP) || skb->pkt_type != PACKET_HOST || skb->vlan_present ||
 	    skb->gso_size)
 		return TCX_NEXT; /* not a plain IPv4 packet for this host (a VLAN's is its device's) */
-	if (len < sizeof(struct frame) || len > sizeof(struct ethhdr) + OUTER_LEN + LINK_MTU)
-		return TCX_NEXT;
-	if (make_linear(skb, len))
+	if (len < offsetof(struct frame, ip6) || make_linear(skb, len))
 		return TCX_NEXT;
 	data = (void *)(long)skb->data;
 	end = (void *)(long)skb->data_end;
 	f = data;
-	if ((void *)(f + 1) > end)
+	if ((void *)&f->ip6 > end)
 		return TCX_NEXT;
 	/* plain IPv4 (no options, no fragment) UDP to the router's address and port */
 	if (f->eth.h_proto != bpf_htons(ETH_P_IP) || f->ip.version != 4 || f->ip.ihl != 5 ||
@@ -406,6 +404,8 @@ int uplink_in(struct __sk_buff *skb)
 	if (cfg->bind ? f->ip.daddr != cfg->bind : !bpf_map_lookup_elem(&host_ipv4s, &f->ip.daddr))
 		return TCX_NEXT;
 	/* from here on the datagram is the router's: what is not taken goes to its socket */
+	if ((void *)(f + 1) > end || len > sizeof(struct ethhdr) + OUTER_LEN + LINK_MTU)
+		return pass(FP_UDP_PASSED); /* shorter than an IPv6 header (a keepalive), or too long */
 	if (bpf_ntohs(f->ip.tot_len) != len - sizeof(struct ethhdr) ||
 	    bpf_ntohs(f->udp.len) != len - sizeof(struct ethhdr) - sizeof(struct iphdr))
 		return pass(FP_UDP_PASSED);
