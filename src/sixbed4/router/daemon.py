@@ -26,13 +26,13 @@ TUN_MTU = 1280
 
 # What each signal does (the man page's SIGNALS section is made from this table).
 SIGNALS = {
-    signal.SIGTERM: ("stop", "stop cleanly: remove the TUN device the router created (with -d: the addresses and "
-                             "route the router put on the device), exit 0"),
+    signal.SIGTERM: ("stop", "stop cleanly: detach the fast path, remove the TUN device the router created (with -d: "
+                             "the addresses and route the router put on the device), exit 0"),
     signal.SIGINT: ("stop", "the same as SIGTERM"),
     signal.SIGHUP: ("reload", "read the --config file again; a new log-level takes effect at once, without dropping "
                               "a packet; any other changed setting is logged and takes effect at the next start"),
-    signal.SIGKILL: (None, "the kernel removes the TUN device the router created, with its addresses and route, so "
-                           "a restart works at once; with -d the router's addresses and route stay on the device "
+    signal.SIGKILL: (None, "the kernel removes the TUN device the router created, with its addresses and route, and "
+                           "the fast path's tcx links, so a restart works at once; with -d the router's addresses and route stay on the device "
                            "until the next start takes them over and a clean stop removes them"),
 }
 
