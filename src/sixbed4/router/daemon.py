@@ -8,6 +8,8 @@ import signal
 from dataclasses import dataclass
 
 from .. import cliutil
+from ..anycast.health import Health
+from ..anycast.options import AnycastSettings
 from ..core import addr
 from ..core.router import RouterConfig, RouterCore
 from ..io import netlink
@@ -32,6 +34,7 @@ class RouterSettings:
     metrics: tuple[str, int] | None = None
     user: str | None = None
     proxy_nd: str | None = None  # uplink on which to answer Neighbor Solicitations for the /64
+    anycast: AnycastSettings | None = None  # announce through a BGP daemon while serving
 
 
 def configure_tun(setup: netlink.InterfaceSetup, config: RouterConfig, prefix_route: bool) -> None:
@@ -113,6 +116,8 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
             configure_tun(setup, config, settings.prefix_route)
             listen = addr.format_ipv4(config.ipv4)
             watch = netlink.LinkWatch.tun_and_uplink(setup, listen)
+            health = Health.for_router(config, settings.anycast, setup, watch)
+            cleanup.callback(health.close)
         except (UdpError, TunError, netlink.NetlinkSetupError) as exc:
             return cliutil.fail(prog, exc.strerror or str(exc))
         except PermissionError as exc:
@@ -131,7 +136,7 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
         collectors.append(
             CountersCollector("sixbed4_router", core.counters, lambda: info, lambda: core.rate_limit_hits))
         try:
-            service.serve_then_drop(settings.metrics, collectors, settings.user, cleanup)
+            service.serve_then_drop(settings.metrics, collectors, settings.user, cleanup, ready=health.report)
         except (MetricsError, service.PrivilegeError) as exc:
             return cliutil.fail(prog, str(exc))
         datapath = Datapath(sock, tun, core)
@@ -147,14 +152,15 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
 
         def on_signal(signum, _frame):
             log.info("%s received, shutting down", signal.Signals(signum).name)
-            datapath.stop()
+            health.drain(datapath.stop)
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, on_signal)
         service.notify("READY=1")
         try:
-            datapath.run(on_tick=watch.guarding(NotableEvents(core)))
-        except (DatapathError, netlink.LinkGone) as exc:
+            health.update()
+            datapath.run(on_tick=watch.guarding(health.guarding(NotableEvents(core))))
+        except (DatapathError, netlink.LinkGone, netlink.NetlinkSetupError) as exc:
             log.error("%s; exiting", watch.explain(exc))
             return 1
         finally:
