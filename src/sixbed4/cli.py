@@ -37,6 +37,13 @@ def cmd_addr(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run as demo  # imports pyroute2 netns helpers: only when asked
 
+    if args.anycast:
+        from .demo import anycast
+
+        if args.down:
+            print(f"removed {len(demo.Lab.sweep(anycast.TAG))} demo namespaces")
+            return 0
+        return anycast.main("6bed4 demo --anycast", keep=args.keep, python=sys.executable)
     if args.down:
         removed = demo.Lab.sweep(demo.TAG)
         print(f"removed {len(removed)} demo namespaces")
@@ -72,11 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upstream", choices=("on-link", "routed"), default="on-link",
                    help="on-link: the upstream treats the /64 as on-link and the router answers ND for it "
                         "(proxy ND); routed: the upstream routes the /64 to the VM (default: %(default)s)")
+    p.add_argument("--anycast", action="store_true",
+                   help="instead: two router hosts behind one anycast address, announced by BIRD to an upstream "
+                        "that spreads the traffic over them (ECMP), and a router killed while flows run")
     p.set_defaults(func=cmd_demo)
 
+    from .anycast import cli as anycast_cli
     from .hostsetup import cli as hostsetup_cli  # host-setup, proxy-nd
 
     hostsetup_cli.add_parsers(commands)
+    anycast_cli.add_parsers(commands)
     return parser
 
 
