@@ -152,6 +152,7 @@ def build(lab: Lab) -> AnycastLab:
     lab.address(up, "br0", f"{UPSTREAM_V4}/24")
     lab.address(up, "br0", f"{UPSTREAM_V6}/64")
     for host, (v4, v6) in HOSTS.items():
+        lab.sysctl(ns[host], "net.ipv6.conf.all.keep_addr_on_down", "1")  # a link that flaps keeps its addresses
         lab.veth(up, host, ns[host], "eth0")
         _ip(lab, up, "link", "set", host, "master", "br0")
         lab.address(ns[host], "eth0", f"{v4}/24")
