@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -333,3 +335,23 @@ def test_a_router_that_never_serves_never_attracts_traffic(healthy):
         net.run(victim, "nft", "delete", "table", "inet", "sixbed4_seen", check=False)
         if net.al.routers[victim].poll() is None:
             net.al.routers[victim].send_signal(signal.SIGCONT)
+
+
+# --- the demo ----------------------------------------------------------------------
+
+
+def test_demo_anycast_shows_the_failover_and_cleans_up():
+    demo = [sys.executable, "-m", "sixbed4.cli", "demo", "--anycast"]
+    result = subprocess.run(demo, capture_output=True, text=True, timeout=120)
+    left = [name for name in pyroute2_netns.listnetns() if name.startswith(f"{anycast.TAG}-")]
+    subprocess.run([*demo, "--down"], capture_output=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "all 2 routers serve and agree" in out
+    victim = re.search(r"SIGKILL to the router on (r[12])", out).group(1)
+    assert re.search(rf"{victim} withdrawn within \d+ ms of the kill", out)
+    after_kill = re.search(r"after the kill: +r1 (\d+), r2 (\d+)", out).groups()
+    assert int(after_kill[HOSTS.index(victim)]) == 0 and int(after_kill[1 - HOSTS.index(victim)]) > 0
+    assert len(re.findall(r"^(?:home|phone|internet) -> \S+ +\d+/\d+ +\d+ ms$", out, re.M)) == 4
+    assert "result: the flows survived the failover" in out and "cleaned up" in out
+    assert left == [], f"the demo left namespaces behind: {left}"
