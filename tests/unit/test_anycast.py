@@ -10,6 +10,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -328,3 +329,22 @@ def test_bird_config_help_is_on_the_umbrella_command():
     result = subprocess.run([sys.executable, "-m", "sixbed4.cli", "anycast", "bird-config", "--help"],
                             capture_output=True, text=True)
     assert result.returncode == 0 and "--anycast-table" in result.stdout
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+ROUTER_OPTIONS = ["--", "-l", "192.0.2.1", "-L", "2001:db8:9:10::/64", "--anycast-table", "6464"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["--as", "64512", "--neighbor", "10.64.0.1", "--neighbor", "2001:db8:64::1", "--neighbor-as", "64500",
+     "--router-id", "10.64.0.11", *ROUTER_OPTIONS],
+    ["--upstream", "--as", "64500", "--neighbor", "10.64.0.11", "--neighbor", "10.64.0.12", "--neighbor",
+     "2001:db8:64::11", "--neighbor", "2001:db8:64::12", "--neighbor-as", "64512", "--router-id", "10.64.0.1",
+     *ROUTER_OPTIONS],
+])
+def test_readme_shows_what_its_bird_config_commands_write(argv, capsys):
+    code, out, err = run_cli(["anycast", "bird-config", *argv], capsys)
+    assert code == 0, err
+    readme = README.read_text()
+    assert " ".join(argv[:4]) in readme.replace(" \\\n    ", " ")
+    assert f"```\n{out}```" in readme
