@@ -25,7 +25,8 @@ example, router host:
       > /etc/bird/bird.conf
 example, the upstream of two router hosts:
   6bed4 anycast bird-config --upstream --as 64500 --neighbor 10.64.0.11 --neighbor 10.64.0.12 \\
-      --neighbor-as 64512 -- -l 192.0.2.1 -L 2001:db8:9:10::/64 --anycast-table 6464
+      --neighbor 2001:db8:64::11 --neighbor 2001:db8:64::12 --neighbor-as 64512 \\
+      -- -l 192.0.2.1 -L 2001:db8:9:10::/64 --anycast-table 6464
 """
 
 CHECK_EPILOG = """\

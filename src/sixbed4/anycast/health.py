@@ -64,6 +64,10 @@ def default_route_interface() -> tuple[int, str] | None:
     return None
 
 
+class AnnounceError(RuntimeError):
+    """The kernel refused the announcement's routes; str() says which and why."""
+
+
 class KernelTable:
     """The announcement: routes through the TUN device in a table of their own.
 
@@ -86,8 +90,9 @@ class KernelTable:
                 try:
                     ipr.route("replace", **spec)
                 except NetlinkError as exc:
-                    raise netlink.NetlinkSetupError(
-                        exc.code, f"announcing {spec['dst']}/{spec['dst_len']} in table {self.table}: {exc}") from None
+                    reason = exc.args[1] if len(exc.args) > 1 else exc
+                    raise AnnounceError(f"announcing {spec['dst']}/{spec['dst_len']} in kernel table {self.table}: "
+                                        f"{reason}") from None
 
     def remove(self) -> None:
         """Delete the routes; those the kernel took with a device that went down are fine."""

@@ -8,7 +8,7 @@ import signal
 from dataclasses import dataclass
 
 from .. import cliutil
-from ..anycast.health import Health
+from ..anycast.health import AnnounceError, Health
 from ..anycast.options import AnycastSettings
 from ..core import addr
 from ..core.router import RouterConfig, RouterCore
@@ -160,7 +160,7 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
         try:
             health.update()
             datapath.run(on_tick=watch.guarding(health.guarding(NotableEvents(core))))
-        except (DatapathError, netlink.LinkGone, netlink.NetlinkSetupError) as exc:
+        except (DatapathError, netlink.LinkGone, AnnounceError) as exc:
             log.error("%s; exiting", watch.explain(exc))
             return 1
         finally:
