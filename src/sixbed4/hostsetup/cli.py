@@ -128,7 +128,7 @@ def cmd_host_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_proxy_nd(args: argparse.Namespace) -> int:
-    from .proxy import ProxyError, ProxyResponder
+    from ..io.proxynd import ProxyError, ProxyResponder
 
     prefix = addr.parse_prefix64(args.prefix)
     local = tuple(addr.parse_address(text) for text in args.local)
