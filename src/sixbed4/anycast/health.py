@@ -128,13 +128,12 @@ class Health:
         default route's interface (the -l address is on lo), and the watch learns of it too."""
         prefixes = anycast.prefixes if anycast else ()
         shared = shared_options(config, prefixes)
-        links = {setup.index: f"the TUN device {setup.ifname}"}
         if anycast is not None and watch.uplink is None:
             found = default_route_interface()
             if found is not None:
                 watch.uplink = found[1]
                 watch.add(found[0], f"uplink {found[1]}")
-        links.update((index, what) for index, what in watch.links.items() if what.startswith("uplink"))
+        links = dict(watch.links)  # the TUN device and the uplink, if there is one
         if anycast is None:
             return cls(shared, links)
         table = KernelTable(anycast.table, anycast.prefixes, setup.index, fingerprint(shared))
