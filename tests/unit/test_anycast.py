@@ -201,8 +201,8 @@ class FakeTable:
 
 def make_health(up: dict, drain: float = 0.0):
     table = FakeTable()
-    h = health.Health(shared(), {1: "the TUN device 6bed4", 2: "uplink eth0"}, table,
-                      ("192.0.2.1/32", "2001:db8:9:10::/64"), drain, is_up=lambda index: up[index])
+    h = health.Health(shared(), {1: "the TUN device 6bed4", 2: "uplink eth0"}, lambda index: up[index], table,
+                      ("192.0.2.1/32", "2001:db8:9:10::/64"), drain)
     return h, table
 
 
@@ -224,6 +224,11 @@ def test_announced_only_while_serving_and_every_link_is_up():
     assert table.calls == ["add", "remove", "add"] and h.report()[1]["announced"] == ["192.0.2.1/32", "2001:db8:9:10::/64"]
     h.close()
     assert table.calls[-1] == "remove" and not h.report()[0]
+
+
+@pytest.mark.parametrize("flags, up", [(0x1 | 0x40, True), (0x1, False), (0x40, False), (0, False), (None, False)])
+def test_a_link_serves_when_up_and_with_carrier(flags, up):
+    assert health.running(flags) is up
 
 
 def test_never_announced_while_a_link_is_down_at_start():
@@ -300,7 +305,7 @@ def test_ready_is_200_while_serving_and_503_otherwise(ready_server):
 
 def report_of(ready: bool, *extra: str):
     s = settings(*extra)
-    h = health.Health(agreement.shared_options(s.config, s.anycast.prefixes), {})
+    h = health.Health(agreement.shared_options(s.config, s.anycast.prefixes), {}, lambda index: True)
     h.state = "serving" if ready else "uplink eth0 is down"
     return h.report
 

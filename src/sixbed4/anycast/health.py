@@ -16,11 +16,9 @@ their metric; the BGP daemon passes it on as a community (see birdconf).
 from __future__ import annotations
 
 import errno
-import fcntl
 import ipaddress
 import logging
 import socket
-import struct
 import threading
 from typing import Callable
 
@@ -34,21 +32,13 @@ from .options import AnycastSettings
 
 log = logging.getLogger("6bed4router")
 
-SIOCGIFFLAGS = 0x8913
-IFF_UP = 0x1
-IFF_RUNNING = 0x40
+IFF_RUNNING = 0x40  # carrier
 RTPROT_STATIC = 4
 
 
-def link_is_up(sock: socket.socket, index: int) -> bool:
-    """Administratively up and with carrier (IFF_UP and IFF_RUNNING): one ioctl."""
-    try:
-        name = socket.if_indextoname(index)
-        request = struct.pack("16sH14x", name.encode(), 0)
-        flags = struct.unpack_from("16sH", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
-    except OSError:
-        return False
-    return flags & (IFF_UP | IFF_RUNNING) == IFF_UP | IFF_RUNNING
+def running(flags: int | None) -> bool:
+    """Administratively up and with carrier: what a link must be to carry traffic."""
+    return flags is not None and flags & (netlink.IFF_UP | IFF_RUNNING) == netlink.IFF_UP | IFF_RUNNING
 
 
 def default_route_interface() -> tuple[int, str] | None:
@@ -108,8 +98,8 @@ class KernelTable:
 class Health:
     """Serving or not, why not, and the announcement that follows it."""
 
-    def __init__(self, shared: dict, links: dict[int, str], announcement: KernelTable | None = None,
-                 prefixes: tuple[str, ...] = (), drain: float = 0.0, is_up: Callable[[int], bool] | None = None):
+    def __init__(self, shared: dict, links: dict[int, str], is_up: Callable[[int], bool],
+                 announcement: KernelTable | None = None, prefixes: tuple[str, ...] = (), drain: float = 0.0):
         self.shared = shared
         self.fingerprint = fingerprint(shared)
         self.links = links  # index -> what it is, e.g. "uplink eth0"; each must be up to serve
@@ -118,8 +108,7 @@ class Health:
         self.drain_time = drain
         self.state = "starting"
         self.announced = False
-        self._probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        self.is_up = is_up or (lambda index: link_is_up(self._probe, index))
+        self.is_up = is_up
 
     @classmethod
     def for_router(cls, config: RouterConfig, anycast: AnycastSettings | None, setup: netlink.InterfaceSetup,
@@ -132,12 +121,17 @@ class Health:
             found = default_route_interface()
             if found is not None:
                 watch.uplink = found[1]
-                watch.add(found[0], f"uplink {found[1]}")
+                watch.add(found[0], f"uplink {found[1]}",
+                          "nothing passes it until it is up again; the announcement is withdrawn meanwhile")
         links = dict(watch.links)  # the TUN device and the uplink, if there is one
+
+        def is_up(index: int) -> bool:
+            return running(watch.flags(index))
+
         if anycast is None:
-            return cls(shared, links)
+            return cls(shared, links, is_up)
         table = KernelTable(anycast.table, anycast.prefixes, setup.index, fingerprint(shared))
-        return cls(shared, links, table, anycast.prefixes, anycast.drain)
+        return cls(shared, links, is_up, table, anycast.prefixes, anycast.drain)
 
     # --- the state ------------------------------------------------------------
 
@@ -194,7 +188,6 @@ class Health:
     def close(self) -> None:
         self.state = "stopped"
         self._withdraw()
-        self._probe.close()
 
     # --- the announcement ---------------------------------------------------
 

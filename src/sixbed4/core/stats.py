@@ -59,6 +59,7 @@ DROP_REASONS: dict[str, str] = {
     "tun_bad_source": "packet from the kernel with a source outside the peer's /114 (or no address yet)",
     # IO
     "send_error": "the kernel refused to send (buffer full, unreachable)",
+    "tun_down": "packet for the TUN device while it is down (ip link set DEV down); it is kept, not closed",
 }
 
 

@@ -117,6 +117,7 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
             configure_tun(setup, config, settings.prefix_route)
             listen = addr.format_ipv4(config.ipv4)
             watch = netlink.LinkWatch.tun_and_uplink(setup, listen)
+            cleanup.callback(watch.close)
             health = Health.for_router(config, settings.anycast, setup, watch)
             cleanup.callback(health.close)
         except (UdpError, TunError, netlink.NetlinkSetupError) as exc:
