@@ -213,6 +213,8 @@ def _fail(net: Net, host: str, how: str) -> None:
         net.run(host, "ip", "link", "set", "eth0", "down")
     elif how == "tun-deleted":
         net.run(host, "ip", "link", "del", "6bed4")
+    elif how == "tun-down":
+        net.run(host, "ip", "link", "set", "6bed4", "down")
 
 
 def _recover(net: Net, host: str, how: str) -> None:
@@ -221,11 +223,14 @@ def _recover(net: Net, host: str, how: str) -> None:
         for family, gateway in (("-4", anycast.UPSTREAM_V4), ("-6", anycast.UPSTREAM_V6)):
             net.run(host, "ip", family, "route", "replace", "default", "via", gateway)  # as the host's network config would
         return
+    if how == "tun-down":  # the router lives on, makes the device's routes again, and announces
+        net.run(host, "ip", "link", "set", "6bed4", "up")
+        return
     assert net.al.routers[host].wait(5) == {"sigkill": -signal.SIGKILL, "clean-stop": 0, "tun-deleted": 1}[how]
     net.al.start_router(host)
 
 
-@pytest.mark.parametrize("how", ["sigkill", "link-down", "clean-stop", "tun-deleted"])
+@pytest.mark.parametrize("how", ["sigkill", "link-down", "clean-stop", "tun-deleted", "tun-down"])
 def test_failover_gap_and_return(healthy, how):
     net = healthy
     pings = flows(net)
