@@ -252,6 +252,7 @@ def main(prog: str, keep: bool, python: str) -> int:
                   f"{lab.logdir}\ntake it down with: 6bed4 demo --anycast --down")
         else:
             lab.close()
+            shutil.rmtree(lab.logdir, ignore_errors=True)  # BIRD's sockets and configurations, the logs
             progress.step("cleaned up: namespaces and processes removed")
 
 
