@@ -15,10 +15,7 @@ router serves (see sixbed4.anycast).  The tests build the same lab.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,10 +25,10 @@ from dataclasses import dataclass, field
 from pyroute2 import netns as pyroute2_netns
 
 from ..anycast import birdconf
-from ..anycast.bird import Bird, BirdError, require
+from ..anycast.bird import Bird, require
 from . import scenario
 from .lab import Lab
-from .run import Progress, tunnel_address
+from .run import run_lab, tunnel_address
 
 TAG = "6bed4any"
 ANYCAST_V4 = scenario.VM_V4
@@ -214,46 +211,8 @@ def ping_run(log: str, started: float, ended: float) -> PingRun:
 
 def main(prog: str, keep: bool, python: str) -> int:
     """Run the anycast demo; exit code 0 only if every flow survived the failover."""
-    progress = Progress()
-    for tool in ("ping", "nft", "bird", "birdc"):
-        if shutil.which(tool) is None:
-            print(f"{prog}: {tool} is missing (./dev setup installs it)", file=sys.stderr)
-            return 2
-    stale = Lab.sweep(TAG)
-    if stale:
-        progress.step(f"removed {len(stale)} namespaces left by an earlier run")
-    lab = Lab(TAG)
-    demo_pid = os.getpid()
-
-    def on_signal(signum, _frame):
-        if os.getpid() != demo_pid:  # a pyroute2 helper process: die quietly (see run.main)
-            os._exit(128 + signum)
-        progress.interrupted = True
-        raise KeyboardInterrupt
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, on_signal)
-    try:
-        result = _run(AnycastLab(lab, {}, python), progress)
-        progress.check()
-        return result
-    except KeyboardInterrupt:
-        progress.interrupted = False
-        progress.step("interrupted")
-        return 130
-    except (RuntimeError, OSError, subprocess.SubprocessError, BirdError) as exc:
-        progress.step(f"the lab failed: {exc}")
-        return 1
-    finally:
-        progress.interrupted = False
-        if keep and lab.namespaces:
-            print(f"\nthe lab stays up (--keep): ip netns exec {TAG}-ROLE bash (ROLE: "
-                  f"{', '.join(n.split('-', 1)[1] for n in lab.namespaces)})\nlogs and BIRD's configurations: "
-                  f"{lab.logdir}\ntake it down with: 6bed4 demo --anycast --down")
-        else:
-            lab.close()
-            shutil.rmtree(lab.logdir, ignore_errors=True)  # BIRD's sockets and configurations, the logs
-            progress.step("cleaned up: namespaces and processes removed")
+    return run_lab(prog, TAG, ("ping", "nft", "bird", "birdc"), keep,
+                   lambda lab, progress: _run(AnycastLab(lab, {}, python), progress))
 
 
 def _run(al: AnycastLab, progress) -> int:

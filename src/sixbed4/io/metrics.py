@@ -11,10 +11,11 @@ import json
 import logging
 import socket
 import threading
+from socketserver import ThreadingMixIn
 from typing import Callable, Iterable
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
+from prometheus_client import make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
@@ -98,9 +99,13 @@ class MetricsError(RuntimeError):
 Readiness = Callable[[], tuple[bool, dict]]  # (ready, details), e.g. anycast.health.Health.report
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 - the base class's name
-        """One line per scrape on stderr is not a daemon's log."""
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args) -> None:  # no line per scrape
+        pass
 
 
 def _with_readiness(metrics_app, ready: Readiness):
@@ -119,19 +124,21 @@ def _with_readiness(metrics_app, ready: Readiness):
 
 
 def serve_metrics(listen: tuple[str, int], *collectors: CountersCollector, ready: Readiness | None = None):
-    """Start the HTTP exporter (and /ready, if given) in a background thread; returns the server (call its shutdown())."""
+    """Start the HTTP exporter (and /ready, if given) in a background thread; returns the server (call its shutdown()).
+
+    The server is ours rather than prometheus_client's start_http_server, which
+    returns nothing to stop it with before 0.17 (Debian 12 has 0.16).
+    """
     registry = CollectorRegistry(auto_describe=False)
     for collector in collectors:
         registry.register(collector)
     app = make_wsgi_app(registry)
     if ready is not None:
         app = _with_readiness(app, ready)
-
-    class Server(ThreadingWSGIServer):
-        address_family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
-
+    server_class = type("MetricsServer", (_Server,), {"address_family": socket.AF_INET6 if ":" in listen[0]
+                                                       else socket.AF_INET})
     try:
-        server = make_server(listen[0], listen[1], app, Server, handler_class=_QuietHandler)
+        server = make_server(listen[0], listen[1], app, server_class, handler_class=_Quiet)
     except OSError as exc:
         raise MetricsError("metrics on %s:%d: %s" % (*listen, exc.strerror or exc)) from None
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
