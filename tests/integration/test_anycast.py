@@ -9,6 +9,7 @@ announced for the next one (the `healthy` fixture puts it back).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from sixbed4.core import addr
 from sixbed4.demo import anycast
 from sixbed4.demo.lab import Lab
 from sixbed4.demo.run import tunnel_address
+from tests import netlab
 
 HOSTS = tuple(anycast.HOSTS)
 GAP_LIMIT = 1.0  # seconds without replies beyond the ping interval, with BFD (the target)
@@ -67,14 +69,7 @@ class Net:
             pyroute2_netns.popns()
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+wait_for = functools.partial(netlab.Lab.wait_for, interval=0.02)  # failover steps are tens of milliseconds
 
 
 @pytest.fixture(scope="module")
