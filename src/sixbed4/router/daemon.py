@@ -8,6 +8,8 @@ import signal
 from dataclasses import dataclass
 
 from .. import cliutil
+from ..anycast.health import AnnounceError, Health
+from ..anycast.options import AnycastSettings
 from ..config import Reload
 from ..core import addr
 from ..core.router import RouterConfig, RouterCore
@@ -26,14 +28,17 @@ TUN_MTU = 1280
 
 # What each signal does (the man page's SIGNALS section is made from this table).
 SIGNALS = {
-    signal.SIGTERM: ("stop", "stop cleanly: detach the fast path, remove the TUN device the router created (with -d: "
-                             "the addresses and route the router put on the device), exit 0"),
+    signal.SIGTERM: ("stop", "stop cleanly: detach the fast path, remove the TUN device the router created "
+                             "(with -d: the addresses and route the router put on the device), exit 0; with "
+                             "--anycast-table, withdraw first and go on serving --anycast-drain seconds; a second "
+                             "signal stops at once"),
     signal.SIGINT: ("stop", "the same as SIGTERM"),
     signal.SIGHUP: ("reload", "read the --config file again; a new log-level takes effect at once, without dropping "
                               "a packet; any other changed setting is logged and takes effect at the next start"),
-    signal.SIGKILL: (None, "the kernel removes the TUN device the router created, with its addresses and route, and "
-                           "the fast path's tcx links, so a restart works at once; with -d the router's addresses and route stay on the device "
-                           "until the next start takes them over and a clean stop removes them"),
+    signal.SIGKILL: (None, "the kernel removes the TUN device the router created, with its addresses and routes "
+                           "(the --anycast-table announcement too, which BIRD then withdraws), and the fast "
+                           "path's tcx links, so a restart works at once; with -d the router's addresses and route "
+                           "stay on the device until the next start takes them over and a clean stop removes them"),
 }
 
 
@@ -49,6 +54,7 @@ class RouterSettings:
     proxy_nd: str | None = None  # uplink on which to answer Neighbor Solicitations for the /64
     fast_path: str = "auto"  # the kernel fast path: auto, on, off
     uplink: str | None = None  # where datagrams arrive (default: the interface that has or routes -l)
+    anycast: AnycastSettings | None = None  # announce through a BGP daemon while serving
 
 
 def configure_tun(setup: netlink.InterfaceSetup, config: RouterConfig, prefix_route: bool) -> None:
@@ -139,6 +145,8 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Relo
             listen = addr.format_ipv4(config.ipv4)
             watch = netlink.LinkWatch.tun_and_uplink(setup, listen)
             cleanup.callback(watch.close)
+            health = Health.for_router(config, settings.anycast, setup, watch)
+            cleanup.callback(health.close)
         except (UdpError, TunError, netlink.NetlinkSetupError) as exc:
             return cliutil.fail(prog, exc.strerror or str(exc))
         except PermissionError as exc:
@@ -184,7 +192,7 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Relo
                 "fast_path": str(fast.attachment) if fast else "off"}
         collectors.append(CountersCollector("sixbed4_router", counters, lambda: info, lambda: core.rate_limit_hits))
         try:
-            service.serve_then_drop(settings.metrics, collectors, settings.user, cleanup)
+            service.serve_then_drop(settings.metrics, collectors, settings.user, cleanup, ready=health.report)
         except (MetricsError, service.PrivilegeError) as exc:
             return cliutil.fail(prog, str(exc))
         datapath = Datapath(sock, tun, core)
@@ -202,11 +210,13 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Relo
         if not _forwarding_enabled():
             log.warning("net.ipv6.conf.all.forwarding is 0: native IPv6 will not be forwarded (see 6bed4 host-setup)")
 
-        service.handle_signals(SIGNALS, stop=datapath.stop, reload=reload)
+        service.handle_signals(SIGNALS, stop=lambda: health.drain(datapath.stop), reload=reload)
         service.notify(f"READY=1\nSTATUS=serving {prefix_text}/64 on UDP {settings.bind[0]}:{settings.bind[1]}")
         try:
-            datapath.run(on_tick=watch.guarding(service.reloading(reload, settings, NotableEvents(core))))
-        except (DatapathError, netlink.LinkGone) as exc:
+            health.update()
+            on_tick = service.reloading(reload, settings, NotableEvents(core))
+            datapath.run(on_tick=watch.guarding(health.guarding(on_tick)))
+        except (DatapathError, netlink.LinkGone, AnnounceError) as exc:
             log.error("%s; exiting", watch.explain(exc))
             return 1
         finally:
