@@ -26,9 +26,9 @@ MIN_KERNEL = (6, 6)  # tcx links; bpf_skb_adjust_room's decapsulation flags came
 # struct fp_config and enum fp_counter in sixbed4.bpf.c
 _CONFIG = struct.Struct("=8s4s4s4s2sBB8sIII")
 _ZERO_KEY = bytes(4)
+# the first seven are RouterCore's counters too (core/stats.py): Counters.plus adds them up
 COUNTER_NAMES = ("udp_in", "udp_in_bytes", "to_tun", "relayed", "tun_in", "tun_in_bytes", "to_udp",
                  "udp_passed", "tun_passed")
-EVENTS = COUNTER_NAMES[:7]  # the ones that are also RouterCore's counters (core/stats.py)
 
 
 class FastPathError(RuntimeError):
