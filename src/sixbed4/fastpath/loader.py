@@ -26,6 +26,7 @@ MIN_KERNEL = (6, 6)  # tcx links; bpf_skb_adjust_room's decapsulation flags came
 # struct fp_config and enum fp_counter in sixbed4.bpf.c
 _CONFIG = struct.Struct("=8s4s4s4s2sBB8sIII")
 _ZERO_KEY = bytes(4)
+FP_MASQUERADE, FP_TUN_DOWN = 1, 2  # enum fp_flags
 # the first seven are RouterCore's counters too (core/stats.py): Counters.plus adds them up
 COUNTER_NAMES = ("udp_in", "udp_in_bytes", "to_tun", "relayed", "tun_in", "tun_in_bytes", "to_udp",
                  "udp_passed", "tun_passed")
@@ -105,13 +106,31 @@ class FastPath:
         """
         if ttl is None:
             ttl = int(Path("/proc/sys/net/ipv4/ip_default_ttl").read_text())
-        value = _CONFIG.pack(config.prefix, config.ipv4, bind_ipv4, source_ipv4, struct.pack("!H", config.port), ttl,
-                             1 if config.masquerade else 0, config.address[8:], tun_ifindex, uplink_ifindex, l2_len)
+        self._config_fields = [config.prefix, config.ipv4, bind_ipv4, source_ipv4, struct.pack("!H", config.port), ttl,
+                               FP_MASQUERADE if config.masquerade else 0, config.address[8:], tun_ifindex,
+                               uplink_ifindex, l2_len]
         for key in libbpf.map_keys(self._masq_hosts, 16):
             libbpf.map_delete(self._masq_hosts, key)
         for rule in config.masquerade:
             libbpf.map_update(self._masq_hosts, rule.host, b"\x01")
-        libbpf.map_update(self._config, _ZERO_KEY, value)
+        libbpf.map_update(self._config, _ZERO_KEY, _CONFIG.pack(*self._config_fields))
+
+    def following_tun(self, on_tick, tun_is_up):
+        """A timer tick that tells the programs whether the TUN device is up, then calls `on_tick`.
+
+        While it is down the programs leave packets for it to the Python path, which
+        counts them (tun_down) as it does when the fast path is off.
+        """
+        flags = 6  # index of the flags in the configuration
+
+        def tick(now: float) -> None:
+            wanted = self._config_fields[flags] & ~FP_TUN_DOWN | (0 if tun_is_up() else FP_TUN_DOWN)
+            if wanted != self._config_fields[flags]:
+                self._config_fields[flags] = wanted
+                libbpf.map_update(self._config, _ZERO_KEY, _CONFIG.pack(*self._config_fields))
+            on_tick(now)
+
+        return tick
 
     def set_host_ipv4s(self, addresses) -> None:
         """The host's own IPv4 addresses (packed, 4 bytes each): never peer endpoints."""

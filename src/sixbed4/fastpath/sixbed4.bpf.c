@@ -58,11 +58,16 @@ struct fp_config {
 	__be32 source;      /* the source of the datagrams to peers (the socket's) */
 	__be16 port;        /* the router's UDP port */
 	__u8 ttl;           /* net.ipv4.ip_default_ttl: what the router's socket sends with */
-	__u8 masquerade;    /* 1: packets from the masq_hosts go the slow path (source rewrite) */
+	__u8 flags;         /* FP_MASQUERADE, FP_TUN_DOWN */
 	__u8 router_iid[8]; /* the router's own address, bytes 8..15 */
 	__u32 tun_ifindex;
 	__u32 uplink_ifindex; /* datagrams to peers leave here (next hop: the kernel's routes and neighbours) */
 	__u32 l2_len;       /* 0 on the TUN device; 14 under BPF_PROG_TEST_RUN, which adds an Ethernet header */
+};
+
+enum fp_flags {
+	FP_MASQUERADE = 1, /* packets from the masq_hosts go the slow path (their source is rewritten) */
+	FP_TUN_DOWN = 2,   /* the TUN device is down: the slow path counts what it cannot take (tun_down) */
 };
 
 enum fp_counter {
@@ -106,12 +111,9 @@ struct {
 	__type(value, struct fp_counters);
 } counters SEC(".maps");
 
-/* The kernel's sk_buff, for its checksum state (CO-RE: offsets from the running kernel's BTF). */
+/* The kernel's sk_buff, for its checksum state (CO-RE: the offset from the running kernel's BTF). */
 struct sk_buff___fp {
 	__u8 ip_summed : 2;
-	__u16 csum_start;
-	__u16 csum_offset;
-	__u16 network_header;
 } __attribute__((preserve_access_index));
 
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
@@ -472,7 +474,7 @@ int uplink_in(struct __sk_buff *skb)
 	} else if (dst6[0] == 0xfc && dst6[1] == 0x64) {
 		return relay(skb, cfg, f, n);
 	}
-	if (f->ip6.hop_limit <= 1)
+	if (f->ip6.hop_limit <= 1 || (cfg->flags & FP_TUN_DOWN))
 		return pass(FP_UDP_PASSED);
 
 	/* to the TUN: drop the outer IPv4 + UDP headers, into the device as a write would */
@@ -526,26 +528,17 @@ int tun_out(struct __sk_buff *skb)
 	/* a native packet claiming to be from one of our peers is forged (tun_spoofed_source) */
 	if (prefix_is(src6, cfg->prefix) && iid_port(src6) != 0 && !prefix_is(src6 + 8, cfg->router_iid))
 		return pass(FP_TUN_PASSED);
-	if (cfg->masquerade && bpf_map_lookup_elem(&masq_hosts, &ip6->saddr))
+	if ((cfg->flags & FP_MASQUERADE) && bpf_map_lookup_elem(&masq_hosts, &ip6->saddr))
 		return pass(FP_TUN_PASSED);
 
-	/* the datagram's checksum covers the IPv6 packet */
+	/* the datagram's checksum covers the IPv6 packet, which must be finished: a local
+	 * sender's packet whose transport checksum the kernel fills in later (as it leaves)
+	 * goes to the Python path, which reads it finished from the TUN device; after an
+	 * encapsulation here, a virtual device (veth) would hand it on unfinished */
 	kskb = bpf_cast_to_kern_ctx(skb);
-	if (BPF_CORE_READ_BITFIELD(kskb, ip_summed) == CHECKSUM_PARTIAL) {
-		/* the transport checksum is filled in later (as the uplink sends): its sum will
-		 * be the complement of the pseudo-header sum it holds now (local checksum offload) */
-		__u16 start = kskb->csum_start, at = kskb->csum_offset;
-		__u16 *field;
-
-		if (start != kskb->network_header + sizeof(*ip6) || at > 64)
-			return pass(FP_TUN_PASSED);
-		field = (void *)(ip6 + 1) + at;
-		if ((void *)(field + 1) > (void *)(long)skb->data_end)
-			return pass(FP_TUN_PASSED);
-		sum = bpf_csum_diff(0, 0, (__be32 *)ip6, sizeof(*ip6), (__u16)~*field);
-	} else {
-		sum = packet_sum(skb, l2, n, 0);
-	}
+	if (BPF_CORE_READ_BITFIELD(kskb, ip_summed) == CHECKSUM_PARTIAL)
+		return pass(FP_TUN_PASSED);
+	sum = packet_sum(skb, l2, n, 0);
 	if (sum < 0)
 		return pass(FP_TUN_PASSED);
 

@@ -170,7 +170,7 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Relo
             return cliutil.fail(prog, f"--fast-path on: {exc}")
         if fast is not None:
             cleanup.callback(fast.close)
-            cleanup.callback(lambda: log.info("fast path counters: %s", _nonzero(fast.counters())))
+            cleanup.callback(lambda: log.info("fast path detached; the kernel took %s", _nonzero(fast.counters())))
             collectors.append(fast.metrics_collector("sixbed4_router"))
 
         def on_host_ipv4s(addresses) -> None:
@@ -215,6 +215,8 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Relo
         try:
             health.update()
             on_tick = service.reloading(reload, settings, NotableEvents(core))
+            if fast is not None:  # the programs leave packets for a TUN device set down to the Python path
+                on_tick = fast.following_tun(on_tick, lambda: setup.index not in watch.down)
             datapath.run(on_tick=watch.guarding(health.guarding(on_tick)))
         except (DatapathError, netlink.LinkGone, AnnounceError) as exc:
             log.error("%s; exiting", watch.explain(exc))
