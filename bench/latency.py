@@ -181,7 +181,7 @@ def print_latency(rows: list[dict]) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--probes", type=int, default=500, help="pings per path (default 500)")
+    p.add_argument("--probes", type=int, default=500, help="pings per path (default 500; run.py --quick: 100)")
     p.add_argument("--interval", type=float, default=0.02, help="seconds between pings (default 0.02)")
     p.add_argument("--rounds", type=int, default=5, help="alternating blocks of plain and tunnel pings (default 5)")
     p.add_argument("--router-arg", action="append", default=[], help="extra 6bed4router argument (repeatable)")
