@@ -27,19 +27,25 @@ class FakeTun:
 
 
 class ForwardingCore:
-    """Every datagram to the TUN, every TUN packet to `target`; asks the pump to stop after this turn."""
+    """Every datagram to the TUN, every TUN packet to `target`; stops the pump after `expected` packets."""
 
     def __init__(self, target):
         self.counters = Counters()
         self.to_target = (SEND, None, target)
         self.datapath: Datapath | None = None
+        self.expected = 1
+
+    def _count(self) -> None:
+        self.expected -= 1
+        if self.expected == 0:
+            self.datapath.stop()  # run() returns after this turn
 
     def from_udp(self, packet, origin, now):
-        self.datapath.stop()
+        self._count()
         return (TUN, None, None)
 
     def from_tun(self, packet):
-        self.datapath.stop()
+        self._count()
         return self.to_target
 
 
@@ -62,7 +68,7 @@ def pump(monkeypatch):
     far.settimeout(1)
     core = ForwardingCore(far.getsockname())
     datapath = core.datapath = Datapath(udp, FakeTun(tun_ours.fileno()), core)
-    yield datapath, tun_theirs, far
+    yield datapath, tun_theirs, far, core
     datapath.close()
     for sock in (tun_ours, tun_theirs, udp, far):
         sock.close()
@@ -83,34 +89,46 @@ class WatchedReads:
         self.file.close()
 
 
-def test_a_lone_packet_from_the_tun_is_sent_before_the_pump_reads_again(pump):
-    datapath, tun, far = pump
+def test_a_lone_packet_from_the_tun_is_sent_without_a_read_for_more(pump):
+    datapath, tun, far, _core = pump
     reads = datapath.tun_file = WatchedReads(datapath.tun_file, far)
     packet = bytes(range(60))
     tun.send(bytes(VNET_HEADER) + packet)
     datapath.run()
     assert far.recv(2048) == packet
-    assert len(reads.sent_before) >= 2, "the pump never looked for more"
-    assert reads.sent_before[0] is False  # the first read took the packet
-    assert all(reads.sent_before[1:]), "a read for more came before the lone packet was sent"
+    assert reads.sent_before == [False], "the pump read again before it sent the lone packet"
+
+
+def test_the_first_packet_after_a_wait_is_sent_before_the_next_is_read(pump):
+    datapath, tun, far, core = pump
+    reads = datapath.tun_file = WatchedReads(datapath.tun_file, far)
+    first, second = bytes(range(60)), bytes(range(1, 61))
+    for packet in (first, second):
+        tun.send(bytes(VNET_HEADER) + packet)
+    core.expected = 2
+    datapath.run()
+    assert [far.recv(2048), far.recv(2048)] == [first, second]
+    assert reads.sent_before[:2] == [False, True], "the first packet waited for the next one"
 
 
 def test_a_burst_from_the_tun_arrives_whole_and_in_order(pump):
-    datapath, tun, far = pump
+    datapath, tun, far, core = pump
     packets = [bytes([i]) * 100 for i in range(6)]  # one size, one destination: a run after the first
     for packet in packets:
         tun.send(bytes(VNET_HEADER) + packet)
+    core.expected = len(packets)
     datapath.run()
     assert [far.recv(2048) for _ in packets] == packets
     assert not waiting(far)
 
 
 def test_a_burst_of_datagrams_reaches_the_tun_whole_and_in_order(pump):
-    datapath, tun, _far = pump
+    datapath, tun, _far, core = pump
     packets = [bytes([i]) * 100 for i in range(6)]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
         for packet in packets:
             peer.sendto(packet, datapath.sock.getsockname())
+        core.expected = len(packets)
         datapath.run()
     received = []
     while waiting(tun):

@@ -321,25 +321,28 @@ class Datapath:
         poller.register(wake_fd, select.EPOLLIN)
         old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         next_tick = self.clock() + tick
-        busy = False
         short_scheduler_slice()
+        # A side that was idle (not ready at the last look, or drained empty) hands its
+        # next packet on alone, at once (lone_from_*); the next look tells whether more
+        # follow, and a side that stays ready is drained in batches.
+        lone = {udp_fd: self.lone_from_udp, tun_fd: self.lone_from_tun}
+        drain = {udp_fd: self.drain_udp, tun_fd: self.drain_tun}
+        alone = dict.fromkeys(lone, True)
+        busy = False
         try:
             while not self.stopping:
-                # After a wait, a side's first packet leaves alone and at once (see
-                # lone_from_udp); batches are for what queued up meanwhile, and under
-                # load (busy) for everything.
-                waited = not busy
                 timeout = 0 if busy else max(0.0, next_tick - self.clock())
                 busy = False
+                was_alone, alone = alone, dict.fromkeys(lone, True)
                 for fd, _events in poller.poll(timeout):
-                    if fd == udp_fd:
-                        if not waited or self.lone_from_udp():
-                            busy |= self.drain_udp()
-                    elif fd == tun_fd:
-                        if not waited or self.lone_from_tun():
-                            busy |= self.drain_tun()
-                    else:
+                    if fd == wake_fd:
                         self._clear_wakeups()
+                    elif was_alone[fd]:
+                        alone[fd] = not lone[fd]()
+                    else:
+                        more = drain[fd]()
+                        alone[fd] = not more
+                        busy |= more
                 now = self.clock()
                 if now >= next_tick:
                     next_tick = now + tick
