@@ -25,8 +25,10 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -122,6 +124,55 @@ def measure(lab: LatencyLab, probes: int, interval: float, rounds: int) -> dict:
     return row
 
 
+# Where a tunnel ping's time goes: the capture points in its order, each (namespace, device,
+# ICMPv6 type); a hop is the time between two neighbours.  TUN captures see a packet
+# when the kernel queues it to the daemon (out) or the daemon's write arrives (in).
+HOPS = (("peer", "6bed4", 128), ("peer", "p0", 128), ("rtr", "r0", 128), ("rtr", "r1", 128),
+        ("rtr", "r1", 129), ("rtr", "r0", 129), ("peer", "p0", 129), ("peer", "6bed4", 129))
+HOP_NAMES = ("peer: TUN -> UDP out", "wire peer -> router", "router: UDP -> forwarded", "internet host",
+             "router: reply -> UDP out", "wire router -> peer", "peer: UDP -> TUN")
+
+
+def hop_delays(lab: LatencyLab, probes: int, interval: float, workdir: Path) -> dict:
+    """Median and mean µs per hop of tunnel pings, from tcpdump's kernel timestamps on every device.
+
+    The captures write pcap files (no per-packet wake-up of tcpdump); each echo
+    packet is found by its ICMPv6 type and sequence number.
+    """
+    from scapy.utils import RawPcapReader  # the test dependencies have scapy
+
+    captures = []
+    for role, device in sorted({(role, device) for role, device, _ in HOPS}):
+        ns = lab.peer if role == "peer" else lab.rtr
+        path = workdir / f"{role}-{device}.pcap"
+        captures.append((role, device, path, subprocess.Popen(
+            ["ip", "netns", "exec", ns, "tcpdump", "-i", device, "-n", "-Q", "inout", "-B", "4096",
+             "--time-stamp-precision=micro", "-w", str(path), "ip6 or udp"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+    time.sleep(1.5)  # tcpdump attaches
+    lab.ping(INET_V6, probes, interval)
+    time.sleep(0.5)
+    seen: dict[tuple, float] = {}
+    for role, device, path, tcpdump in captures:
+        tcpdump.terminate()
+        tcpdump.wait(10)
+        for data, meta in RawPcapReader(str(path)):
+            packet = bytes(data) if device == "6bed4" else bytes(data)[14:]  # TUN: no Ethernet header
+            if packet and packet[0] >> 4 == 4:
+                packet = packet[(packet[0] & 15) * 4 + 8:]  # the IPv6 packet in a 6bed4 datagram
+            if len(packet) >= 48 and packet[0] >> 4 == 6 and packet[6] == 58 and packet[40] in (128, 129):
+                key = (role, device, packet[40], int.from_bytes(packet[46:48], "big"))
+                seen.setdefault(key, meta.sec + meta.usec / 1e6)
+    hops = {}
+    for name, start, end in zip(HOP_NAMES, HOPS, HOPS[1:]):
+        delays = sorted((seen[end + (seq,)] - seen[start + (seq,)]) * 1e6 for seq in range(1, probes + 1)
+                        if start + (seq,) in seen and end + (seq,) in seen)
+        if delays:
+            hops[name] = {"median_us": round(delays[len(delays) // 2], 1),
+                          "mean_us": round(sum(delays) / len(delays), 1), "n": len(delays)}
+    return hops
+
+
 def router_has_option(option: str) -> bool:
     """Whether this checkout's 6bed4router takes `option` (e.g. --fast-path)."""
     help_text = subprocess.run([sys.executable, "-m", "sixbed4.router.cli", "--help"], capture_output=True, text=True,
@@ -139,7 +190,7 @@ def variants(extra_router_args: list[str]) -> list[tuple[str, list[str]]]:
 
 
 def latency_rows(probes: int = 500, interval: float = 0.02, rounds: int = 5, router_args: list[str] = (),
-                 peer_args: list[str] = (), compare_src: Path | None = None) -> list[dict]:
+                 peer_args: list[str] = (), compare_src: Path | None = None, hops: bool = False) -> list[dict]:
     """One row per router variant, each in a lab of its own (built, measured, removed).
 
     With compare_src (another checkout's src/), its router and peer are measured
@@ -154,6 +205,12 @@ def latency_rows(probes: int = 500, interval: float = 0.02, rounds: int = 5, rou
             latency_lab = LatencyLab(lab, args, list(peer_args), src)
             row = {"variant": name, "router_args": args, "src": str(src or ROOT / "src"), "loadavg_before": os.getloadavg()}
             row.update(measure(latency_lab, probes, interval, rounds))
+            if hops:
+                workdir = Path(tempfile.mkdtemp(prefix="6bed4-hops-"))
+                try:
+                    row["hops"] = hop_delays(latency_lab, probes, interval, workdir)
+                finally:
+                    shutil.rmtree(workdir, ignore_errors=True)
             row["loadavg_after"] = os.getloadavg()
             for who, proc in (("router", latency_lab.router), ("peer", latency_lab.peer_proc)):
                 if proc.poll() is not None:
@@ -178,6 +235,10 @@ def print_latency(rows: list[dict]) -> None:
               f" {row['added_avg_ms']:>9.3f} {row['added_ratio_avg']:>7.2f} | {row['added_p99_ms']:>9.3f}"
               f" {row['added_ratio_p99']:>7.2f} | {t['answered']:>4}/{t['probes']}")
     print("(ms; added = tunnel - plain; x plain = added / plain; target: added avg <= 3x plain)")
+    for row in rows:
+        if row.get("hops"):
+            print(f"hops of a tunnel ping, {row['variant']} (µs, median / mean): " + ", ".join(
+                f"{name} {hop['median_us']:.0f}/{hop['mean_us']:.0f}" for name, hop in row["hops"].items()))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -186,6 +247,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=5, help="alternating blocks of plain and tunnel pings (default 5)")
     p.add_argument("--router-arg", action="append", default=[], help="extra 6bed4router argument (repeatable)")
     p.add_argument("--peer-arg", action="append", default=[], help="extra 6bed4peer argument (repeatable)")
+    p.add_argument("--hops", action="store_true",
+                   help="then more tunnel pings, captured on every device: the delay of each hop")
     p.add_argument("--compare-src", metavar="DIR", type=Path,
                    help="also measure the router and peer of another checkout's src/ (e.g. a git worktree of main)")
 
@@ -199,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/latency.py: run as root (namespaces, TUN)", file=sys.stderr)
         return 2
     rows = latency_rows(args.probes, args.interval, args.rounds, args.router_arg, args.peer_arg,
-                        args.compare_src)
+                        args.compare_src, args.hops)
     print_latency(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

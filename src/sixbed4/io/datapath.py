@@ -12,10 +12,11 @@ a run of one UDP flow or TCP connection goes to the TUN as one GSO packet
 same-size packets from the TUN for one peer leaves in one UDP GSO send
 (GsoSender).  Where the kernel has no GSO, one packet per call.
 
-Batches must not cost a lone packet its latency: after a wait, the first
-packet of a side is decided and sent at once, before the data path looks for
-more (lone_from_udp, lone_from_tun).  Under load (no wait between turns)
-everything goes through the batches.
+Batches must not cost a lone packet its latency: the first packet of a side
+that was idle is decided and sent at once, before the data path looks for
+more (lone_from_udp, lone_from_tun); a side that is still ready at the next
+look is drained in batches.  Under load, only the first packet of a burst
+goes alone.
 """
 
 from __future__ import annotations
@@ -141,10 +142,11 @@ class Datapath:
     def lone_from_udp(self) -> bool:
         """One datagram, decided and written at once; False if none was waiting.
 
-        After a wait the first datagram is most often alone (a ping, a request):
-        it goes to the TUN now, not after a look for more.  recvfrom_into and a
-        plain write are less code than a recvmmsg batch, and code run after a
-        wait is cold: here it costs several times what it costs under load.
+        On a side that was idle the first datagram is most often alone (a ping,
+        a request): it goes to the TUN now, not after a look for more.
+        recvfrom_into and a plain write are less code than a recvmmsg batch, and
+        code that runs after a wait is cold: it costs several times what it
+        costs under load (bench/README.md, "Latency").
         """
         receiver = self._receiver
         try:
