@@ -322,7 +322,8 @@ class Datapath:
         poller.register(tun_fd, select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP)
         poller.register(wake_fd, select.EPOLLIN)
         old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        next_tick = self.clock() + tick
+        now = self.clock()
+        next_tick = now + tick
         short_scheduler_slice()
         # A side that was idle (not ready at the last look, or drained empty) hands its
         # next packet on alone, at once (lone_from_*); the next look tells whether more
@@ -333,7 +334,7 @@ class Datapath:
         busy = False
         try:
             while not self.stopping:
-                timeout = 0 if busy else max(0.0, next_tick - self.clock())
+                timeout = 0 if busy else max(0.0, next_tick - now)
                 busy = False
                 was_alone, alone = alone, dict.fromkeys(lone, True)
                 for fd, _events in poller.poll(timeout):
