@@ -10,6 +10,8 @@ Namespaces (bench/README.md, "Latency"):
     192.0.2.2          192.0.2.1 (6bed4 router)   198.51.100.2, 2001:db8:ff::2
     6bed4peer -s 192.0.2.1      6bed4 TUN, 2001:db8:9:10::/64
 
+(--nat: peer 10.0.1.2 ── nat 192.0.2.3 ── rtr, masquerading, as in a home network.)
+
 `ping -6` from the peer's 6bed4 address to 2001:db8:ff::2 goes peer -> TUN ->
 6bed4peer -> UDP -> 6bed4router -> TUN -> kernel -> inet and back the same way;
 plain `ping` from 192.0.2.2 to 198.51.100.2 crosses the same two veths,
@@ -37,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from tests.netlab import Lab  # noqa: E402
 
 ROUTER_V4, PEER_V4, INET_V4, INET_V4_GATEWAY = "192.0.2.1", "192.0.2.2", "198.51.100.2", "198.51.100.1"
+HOME_PEER_V4, HOME_GATEWAY_V4, NAT_V4 = "10.0.1.2", "10.0.1.1", "192.0.2.3"  # --nat
 PREFIX = "2001:db8:9:10::/64"
 INET_V6, INET_V6_GATEWAY = "2001:db8:ff::2", "2001:db8:ff::1"
 _TIME = re.compile(r"time=([0-9.]+) ms")
@@ -45,15 +48,26 @@ _TIME = re.compile(r"time=([0-9.]+) ms")
 class LatencyLab:
     """peer <-> rtr <-> inet, with our router and peer running; plain IPv4 routed over the same veths."""
 
-    def __init__(self, lab: Lab, router_args: list[str] = (), peer_args: list[str] = (), src: Path | None = None):
+    def __init__(self, lab: Lab, router_args: list[str] = (), peer_args: list[str] = (), src: Path | None = None,
+                 nat: bool = False):
         self.lab = lab
         self.src = src
         self.peer = lab.ns("peer")
         self.rtr = lab.ns("rtr", forwarding=True)
         self.inet = lab.ns("inet")
-        lab.link(self.peer, "p0", self.rtr, "r0")
+        if nat:  # the peer in a home network: 10.0.1.2 behind a masquerading NAT at 192.0.2.3
+            home = lab.ns("nat", forwarding=True)
+            lab.link(self.peer, "p0", home, "n1")
+            lab.link(home, "n0", self.rtr, "r0")
+            lab.sh(self.peer, f"ip addr add {HOME_PEER_V4}/24 dev p0 && ip route add default via {HOME_GATEWAY_V4}")
+            lab.sh(home, f"ip addr add {HOME_GATEWAY_V4}/24 dev n1 && ip addr add {NAT_V4}/24 dev n0"
+                         f" && ip route add default via {ROUTER_V4}")
+            lab.sh(home, "nft add table ip nat && nft add chain ip nat post '{ type nat hook postrouting priority 100; }'"
+                         " && nft add rule ip nat post oifname n0 masquerade random")
+        else:
+            lab.link(self.peer, "p0", self.rtr, "r0")
+            lab.sh(self.peer, f"ip addr add {PEER_V4}/24 dev p0 && ip route add default via {ROUTER_V4}")
         lab.link(self.rtr, "r1", self.inet, "i0")
-        lab.sh(self.peer, f"ip addr add {PEER_V4}/24 dev p0 && ip route add default via {ROUTER_V4}")
         # Checksums filled in before the veth, as on a wire: a datagram from a local socket
         # would reach the router "partial", and the router's fast path leaves such to Python.
         lab.sh(self.peer, "ethtool -K p0 tx off")
@@ -190,7 +204,8 @@ def variants(extra_router_args: list[str]) -> list[tuple[str, list[str]]]:
 
 
 def latency_rows(probes: int = 500, interval: float = 0.02, rounds: int = 5, router_args: list[str] = (),
-                 peer_args: list[str] = (), compare_src: Path | None = None, hops: bool = False) -> list[dict]:
+                 peer_args: list[str] = (), compare_src: Path | None = None, hops: bool = False,
+                 nat: bool = False) -> list[dict]:
     """One row per router variant, each in a lab of its own (built, measured, removed).
 
     With compare_src (another checkout's src/), its router and peer are measured
@@ -202,8 +217,9 @@ def latency_rows(probes: int = 500, interval: float = 0.02, rounds: int = 5, rou
         setups.insert(0, (f"{Path(compare_src).resolve().parent.name}", list(router_args), compare_src))
     for name, args, src in setups:
         with Lab("bl") as lab:
-            latency_lab = LatencyLab(lab, args, list(peer_args), src)
-            row = {"variant": name, "router_args": args, "src": str(src or ROOT / "src"), "loadavg_before": os.getloadavg()}
+            latency_lab = LatencyLab(lab, args, list(peer_args), src, nat)
+            row = {"variant": name, "router_args": args, "src": str(src or ROOT / "src"), "nat": nat,
+                   "loadavg_before": os.getloadavg()}
             row.update(measure(latency_lab, probes, interval, rounds))
             if hops:
                 workdir = Path(tempfile.mkdtemp(prefix="6bed4-hops-"))
@@ -247,6 +263,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=5, help="alternating blocks of plain and tunnel pings (default 5)")
     p.add_argument("--router-arg", action="append", default=[], help="extra 6bed4router argument (repeatable)")
     p.add_argument("--peer-arg", action="append", default=[], help="extra 6bed4peer argument (repeatable)")
+    p.add_argument("--nat", action="store_true", help="the peer behind a masquerading NAT (one more namespace)")
     p.add_argument("--hops", action="store_true",
                    help="then more tunnel pings, captured on every device: the delay of each hop")
     p.add_argument("--compare-src", metavar="DIR", type=Path,
@@ -262,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/latency.py: run as root (namespaces, TUN)", file=sys.stderr)
         return 2
     rows = latency_rows(args.probes, args.interval, args.rounds, args.router_arg, args.peer_arg,
-                        args.compare_src, args.hops)
+                        args.compare_src, args.hops, args.nat)
     print_latency(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         latency_rows = None if args.no_latency else latency.latency_rows(
             100 if args.quick else args.probes, args.interval, args.rounds, args.router_arg, args.peer_arg,
-            args.compare_src, args.hops)
+            args.compare_src, args.hops, args.nat)
     except KeyboardInterrupt:
         print("interrupted; cleaning up", file=sys.stderr)
         return 130
