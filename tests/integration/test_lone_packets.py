@@ -4,6 +4,7 @@ One ping from a peer (without NAT) to the IPv6 host crosses the peer and the
 router twice.  The daemons' system calls (strace, attached to the running
 processes) show that a packet read from the TUN device leaves by UDP before the
 daemon reads the device again to look for more: a batch does not hold it back.
+Both run with short scheduler slices, so that a woken daemon runs soon.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import subprocess
 
 import pytest
 
+from sixbed4.io.datapath import SCHEDULER_SLICE_NS
 from tests.integration import topology
 from tests.netlab import Lab
 
@@ -97,3 +99,16 @@ def test_a_packet_from_the_tun_leaves_before_the_daemon_looks_for_more(net):
     for name, icmp_type in (("peer", ECHO_REQUEST), ("router", ECHO_REPLY)):
         after = next_after_echo_read(traces[name], tun_fd(pids[name]), icmp_type)
         assert _SEND.match(after), f"the {name} did not send the echo packet first, but: {after}"
+
+
+def scheduler_slice(pid: int) -> int:
+    for line in open(f"/proc/{pid}/sched"):
+        key, _, value = line.partition(":")
+        if key.strip() == "se.slice":
+            return int(value)
+    raise AssertionError(f"/proc/{pid}/sched shows no slice")
+
+
+def test_both_daemons_run_with_short_scheduler_slices(net):
+    for proc in (net.router_proc, net.peer_proc):
+        assert scheduler_slice(proc.pid) == SCHEDULER_SLICE_NS

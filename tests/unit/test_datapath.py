@@ -9,8 +9,12 @@ still arrive whole and in order.
 
 from __future__ import annotations
 
+import json
+import os
 import select
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -134,3 +138,30 @@ def test_a_burst_of_datagrams_reaches_the_tun_whole_and_in_order(pump):
     while waiting(tun):
         received.append(tun.recv(70000))
     assert [message[VNET_HEADER:] for message in received] == packets
+
+
+def scheduling_after(setup: str) -> dict:
+    """In a fresh interpreter: `setup`, then short_scheduler_slice(); what it returned and what the kernel shows."""
+    code = f"""
+import json, os
+from sixbed4.io.datapath import short_scheduler_slice
+{setup}
+granted = short_scheduler_slice()
+sched = {{key.strip(): value.strip() for key, value in (line.split(":", 1) for line in open("/proc/self/sched")
+                                                       if ":" in line)}}
+print(json.dumps({{"granted": granted, "policy": os.sched_getscheduler(0), "nice": os.getpriority(os.PRIO_PROCESS, 0),
+                  "slice": int(sched.get("se.slice", "0"))}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def test_the_pump_asks_for_short_scheduler_slices_and_keeps_the_nice_value():
+    seen = scheduling_after("os.nice(3)")
+    assert seen == {"granted": True, "policy": os.SCHED_OTHER, "nice": 3, "slice": datapath_module.SCHEDULER_SLICE_NS}
+
+
+def test_a_policy_the_operator_chose_is_left_alone():
+    seen = scheduling_after("os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))")
+    assert seen["granted"] is False
+    assert seen["policy"] == os.SCHED_BATCH
