@@ -7,10 +7,15 @@ metric families only when scraped, so metrics cost nothing per packet.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import socket
+import threading
+from socketserver import ThreadingMixIn
 from typing import Callable, Iterable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import start_http_server
+from prometheus_client import make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
@@ -91,14 +96,51 @@ class MetricsError(RuntimeError):
     pass
 
 
-def serve_metrics(listen: tuple[str, int], *collectors: CountersCollector):
-    """Start the HTTP exporter in a background thread; returns the server (call its shutdown())."""
+Readiness = Callable[[], tuple[bool, dict]]  # (ready, details), e.g. anycast.health.Health.report
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args) -> None:  # no line per scrape
+        pass
+
+
+def _with_readiness(metrics_app, ready: Readiness):
+    """GET /ready: 200 and the details as JSON while ready, 503 otherwise; every other path: metrics."""
+
+    def app(environ, start_response):
+        if environ.get("PATH_INFO") != "/ready":
+            return metrics_app(environ, start_response)
+        ok, details = ready()
+        body = (json.dumps(details, sort_keys=True) + "\n").encode()
+        start_response("200 OK" if ok else "503 Service Unavailable",
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
+
+
+def serve_metrics(listen: tuple[str, int], *collectors: CountersCollector, ready: Readiness | None = None):
+    """Start the HTTP exporter (and /ready, if given) in a background thread; returns the server (call its shutdown()).
+
+    The server is ours rather than prometheus_client's start_http_server, which
+    returns nothing to stop it with before 0.17 (Debian 12 has 0.16).
+    """
     registry = CollectorRegistry(auto_describe=False)
     for collector in collectors:
         registry.register(collector)
+    app = make_wsgi_app(registry)
+    if ready is not None:
+        app = _with_readiness(app, ready)
+    server_class = type("MetricsServer", (_Server,), {"address_family": socket.AF_INET6 if ":" in listen[0]
+                                                       else socket.AF_INET})
     try:
-        server, _ = start_http_server(listen[1], addr=listen[0], registry=registry)
+        server = make_server(listen[0], listen[1], app, server_class, handler_class=_Quiet)
     except OSError as exc:
         raise MetricsError("metrics on %s:%d: %s" % (*listen, exc.strerror or exc)) from None
-    log.info("metrics on http://%s:%d/metrics", *listen)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    log.info("metrics on http://%s:%d/metrics%s", *listen, " and /ready" if ready else "")
     return server

@@ -8,6 +8,9 @@ import signal
 from dataclasses import dataclass
 
 from .. import cliutil
+from ..anycast.health import AnnounceError, Health
+from ..anycast.options import AnycastSettings
+from ..config import Reload
 from ..core import addr
 from ..core.router import RouterConfig, RouterCore
 from ..io import netlink
@@ -22,6 +25,20 @@ log = logging.getLogger("6bed4router")
 
 TUN_MTU = 1280
 
+# What each signal does (the man page's SIGNALS section is made from this table).
+SIGNALS = {
+    signal.SIGTERM: ("stop", "stop cleanly: remove the TUN device the router created (with -d: the addresses and "
+                             "route the router put on the device), exit 0; with --anycast-table, withdraw first "
+                             "and go on serving --anycast-drain seconds; a second signal stops at once"),
+    signal.SIGINT: ("stop", "the same as SIGTERM"),
+    signal.SIGHUP: ("reload", "read the --config file again; a new log-level takes effect at once, without dropping "
+                              "a packet; any other changed setting is logged and takes effect at the next start"),
+    signal.SIGKILL: (None, "the kernel removes the TUN device the router created, with its addresses and routes "
+                           "(the --anycast-table announcement too, which BIRD then withdraws), so a restart works "
+                           "at once; with -d the router's addresses and route stay on the device until the next "
+                           "start takes them over and a clean stop removes them"),
+}
+
 
 @dataclass(frozen=True)
 class RouterSettings:
@@ -33,18 +50,23 @@ class RouterSettings:
     metrics: tuple[str, int] | None = None
     user: str | None = None
     proxy_nd: str | None = None  # uplink on which to answer Neighbor Solicitations for the /64
+    anycast: AnycastSettings | None = None  # announce through a BGP daemon while serving
 
 
 def configure_tun(setup: netlink.InterfaceSetup, config: RouterConfig, prefix_route: bool) -> None:
-    """Addresses as the C router: fe80:: and the router's global address; the /64 routed in."""
+    """Addresses as the C router: fe80:: and the router's global address; the /64 routed in.
+
+    Those found on the device already (an existing device, -d, after a SIGKILL) are
+    adopted: a clean stop removes them too, so nothing stays behind.
+    """
     setup.set_sysctl("addr_gen_mode", "1")  # no kernel-chosen link-local address
     setup.set_sysctl("accept_ra", "0")
     setup.set_sysctl("autoconf", "0")
     setup.link_up(TUN_MTU)
-    setup.add_address("fe80::", 64, prefix_route=True)
-    setup.add_address(addr.format_address(config.address), 128)
+    setup.add_address("fe80::", 64, prefix_route=True, adopt=True)
+    setup.add_address(addr.format_address(config.address), 128, adopt=True)
     if prefix_route:
-        setup.add_route(addr.format_address(config.prefix + bytes(8)), 64)
+        setup.add_route(addr.format_address(config.prefix + bytes(8)), 64, adopt=True)
 
 
 class NotableEvents:
@@ -100,7 +122,7 @@ def _start_proxy_nd(uplink: str, config: RouterConfig, cleanup: contextlib.ExitS
     return responder
 
 
-def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
+def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Reload | None = None) -> int:
     config = settings.config
     with contextlib.ExitStack() as cleanup:
         try:
@@ -115,6 +137,8 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
             listen = addr.format_ipv4(config.ipv4)
             watch = netlink.LinkWatch.tun_and_uplink(setup, listen)
             cleanup.callback(watch.close)
+            health = Health.for_router(config, settings.anycast, setup, watch)
+            cleanup.callback(health.close)
         except (UdpError, TunError, netlink.NetlinkSetupError) as exc:
             return cliutil.fail(prog, exc.strerror or str(exc))
         except PermissionError as exc:
@@ -126,6 +150,9 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
             if isinstance(proxy, str):
                 return cliutil.fail(prog, proxy)
             collectors.append(proxy.metrics_collector())
+            watch.add(proxy.index, f"the proxy ND interface {settings.proxy_nd}",
+                      "Neighbor Solicitations on it go unanswered until it is up again")
+            watch.add_thread(proxy.thread, "the proxy ND responder")
 
         core = RouterCore(config)
         try:
@@ -139,7 +166,7 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
         collectors.append(
             CountersCollector("sixbed4_router", core.counters, lambda: info, lambda: core.rate_limit_hits))
         try:
-            service.serve_then_drop(settings.metrics, collectors, settings.user, cleanup)
+            service.serve_then_drop(settings.metrics, collectors, settings.user, cleanup, ready=health.report)
         except (MetricsError, service.PrivilegeError) as exc:
             return cliutil.fail(prog, str(exc))
         datapath = Datapath(sock, tun, core)
@@ -157,16 +184,13 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
         if not _forwarding_enabled():
             log.warning("net.ipv6.conf.all.forwarding is 0: native IPv6 will not be forwarded (see 6bed4 host-setup)")
 
-        def on_signal(signum, _frame):
-            log.info("%s received, shutting down", signal.Signals(signum).name)
-            datapath.stop()
-
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, on_signal)
-        service.notify("READY=1")
+        service.handle_signals(SIGNALS, stop=lambda: health.drain(datapath.stop), reload=reload)
+        service.notify(f"READY=1\nSTATUS=serving {prefix_text}/64 on UDP {settings.bind[0]}:{settings.bind[1]}")
         try:
-            datapath.run(on_tick=watch.guarding(NotableEvents(core)))
-        except (DatapathError, netlink.LinkGone) as exc:
+            health.update()
+            on_tick = service.reloading(reload, settings, NotableEvents(core))
+            datapath.run(on_tick=watch.guarding(health.guarding(on_tick)))
+        except (DatapathError, netlink.LinkGone, AnnounceError) as exc:
             log.error("%s; exiting", watch.explain(exc))
             return 1
         finally:
