@@ -2,7 +2,7 @@
 """Throughput benchmark of the 6bed4 router against plain kernel IPv6 forwarding.
 
     sudo .venv/bin/python bench/run.py [--quick] [--duration S] [--sizes 80,1280]
-                                       [--directions udp2tun,tun2udp] [--no-gro]
+                                       [--directions udp2tun,tun2udp] [--no-gro] [--no-latency]
                                        [--fast-path on,off] [--flows 1,1000]
 
 Builds three namespaces (generator, router, sink; see bench/README.md), runs
@@ -12,7 +12,9 @@ throughput at maximum offered load, the highest offered rate with < 1% loss,
 router CPU per packet and RSS (1 vs 100,000 sources).  The same generator and
 topology, with the router ns forwarding native IPv6 itself, is the baseline.
 The router runs with its kernel fast path on and off (one row each).
-Prints a table and writes bench/results/<timestamp>.json.  Root only.
+Then the latency row (bench/latency.py, which also runs alone): ping through
+our peer and router against plain IPv4 on the same path.  Prints tables and
+writes bench/results/<timestamp>.json.  Root only.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.netlab import Lab  # noqa: E402
+import latency  # noqa: E402  (bench/latency.py: the latency row)
 
 MAC = {"g0": "02:00:00:00:00:01", "r0": "02:00:00:00:00:02", "r1": "02:00:00:00:00:03", "s0": "02:00:00:00:00:04"}
 ROUTER_V4, GEN_V4 = "192.0.2.1", "192.0.2.2"
@@ -275,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                         "flow, runs batch best; 1000: every packet from or to another peer)")
     p.add_argument("--fast-path", default="on,off",
                    help="the router's --fast-path for its rows: on, off or both (default on,off)")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency row (ping through peer + router)")
+    latency.add_arguments(p.add_argument_group("latency row (bench/latency.py)"))
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/run.py: run as root (namespaces, TUN)", file=sys.stderr)
@@ -329,9 +334,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         lab.close()
         shutil.rmtree(workdir, ignore_errors=True)
+    try:
+        latency_rows = None if args.no_latency else latency.latency_rows(
+            100 if args.quick else args.probes, args.interval, args.rounds, args.router_arg, args.peer_arg,
+            args.compare_src, args.hops, args.nat)
+    except KeyboardInterrupt:
+        print("interrupted; cleaning up", file=sys.stderr)
+        return 130
 
     print_table(results, rss)
     print("load average at start %.2f, at the end %.2f (1 min)" % (load_start[0], os.getloadavg()[0]))
+    if latency_rows:
+        latency.print_latency(latency_rows)
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     report = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.time() - started, 1),
@@ -339,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             ["git", "-C", str(ROOT), "status", "--porcelain", "src"], capture_output=True, text=True).stdout),
         "duration": duration, "gro": args.gro, "flows": flows_list, "fast_path": modes, "argv": sys.argv[1:],
         "loadavg_start": load_start, "loadavg": os.getloadavg(),
-        "results": results, "rss": rss, "router_log_tail": router_log[-2000:],
+        "results": results, "rss": rss, "latency": latency_rows, "router_log_tail": router_log[-2000:],
     }
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(exist_ok=True)
