@@ -342,11 +342,12 @@ def test_a_router_that_never_serves_never_attracts_traffic(healthy):
 
 def test_demo_anycast_shows_the_failover_and_cleans_up():
     demo = [sys.executable, "-m", "sixbed4.cli", "demo", "--anycast"]
-    result = subprocess.run(demo, capture_output=True, text=True, timeout=120)
-    left = [name for name in pyroute2_netns.listnetns() if name.startswith(f"{anycast.TAG}-")]
+    proc = subprocess.Popen(demo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=120)
+    # this demo's namespaces only: other demos may run on the machine at the same time
+    left = [name for name in pyroute2_netns.listnetns() if name.startswith(f"{anycast.TAG}-{proc.pid}-")]
     subprocess.run([*demo, "--down"], capture_output=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
+    assert proc.returncode == 0, out + err
     assert "all 2 routers serve and agree" in out
     victim = re.search(r"SIGKILL to the router on (r[12])", out).group(1)
     assert re.search(rf"{victim} withdrawn within \d+ ms of the kill", out)
