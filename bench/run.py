@@ -3,6 +3,7 @@
 
     sudo .venv/bin/python bench/run.py [--quick] [--duration S] [--sizes 80,1280]
                                        [--directions udp2tun,tun2udp] [--no-gro] [--no-latency]
+                                       [--fast-path on,off] [--flows 1,1000]
 
 Builds three namespaces (generator, router, sink; see bench/README.md), runs
 the router pinned to core 1 and a C load generator (bench/loadgen.c, compiled
@@ -10,6 +11,7 @@ now) pinned to core 0, and measures per direction and IPv6 packet size: peak
 throughput at maximum offered load, the highest offered rate with < 1% loss,
 router CPU per packet and RSS (1 vs 100,000 sources).  The same generator and
 topology, with the router ns forwarding native IPv6 itself, is the baseline.
+The router runs with its kernel fast path on and off (one row each).
 Then the latency row (bench/latency.py, which also runs alone): ping through
 our peer and router against plain IPv4 on the same path.  Prints tables and
 writes bench/results/<timestamp>.json.  Root only.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -88,12 +91,19 @@ class Bench:
         for dev in ("r0", "r1"):
             lab.sh(self.rtr, f"ethtool -K {dev} tx-udp-segmentation off gro {'on' if gro else 'off'}")
         self.router = None
+        self.fast_path = None
 
-    def start_router(self) -> None:
+    def start_router(self, fast_path: str = "off") -> None:
+        """(Re)start the router with --fast-path `fast_path` (on must attach, or this fails)."""
+        if self.router is not None and self.fast_path == fast_path:
+            return
         lab = self.lab
+        if self.router is not None:
+            Lab.stop(self.router)
+        self.fast_path = fast_path
         self.router = lab.start(self.rtr, [
             "taskset", "-c", ROUTER_CPU, sys.executable, "-m", "sixbed4.router.cli",
-            "-l", ROUTER_V4, "-L", f"{PREFIX}/64", "--log-level", "warning",
+            "-l", ROUTER_V4, "-L", f"{PREFIX}/64", "--log-level", "warning", "--fast-path", fast_path,
         ], "router")
         lab.wait_for(lambda: lab.has_link(self.rtr, "6bed4") and "inet6 2001:db8:9:10:" in
                      lab.sh(self.rtr, "ip -6 addr show dev 6bed4").stdout or self.router.poll() is not None,
@@ -112,6 +122,20 @@ class Bench:
         fields = Path(f"/proc/{self.router.pid}/stat").read_text().rsplit(")", 1)[1].split()
         tick = os.sysconf("SC_CLK_TCK")
         return int(fields[11]) / tick, int(fields[12]) / tick
+
+    @staticmethod
+    def softirq_threads_cpu_seconds() -> float:
+        """CPU time of the ksoftirqd threads so far (softirq work the kernel deferred to them)."""
+        total = 0.0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                text = stat.read_text()
+            except OSError:
+                continue
+            if "(ksoftirqd/" in text:
+                fields = text.rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def router_rss_kib(self) -> int:
         for line in Path(f"/proc/{self.router.pid}/status").read_text().splitlines():
@@ -141,22 +165,36 @@ class Bench:
         peer_mac = MAC["r0"] if send_dev == "g0" else MAC["r1"]
         rx0 = self.rx_packets(recv_ns, recv_dev)
         cpu0 = self.router_cpu_seconds()
+        softirq0 = self.softirq_threads_cpu_seconds()
+        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cmd = ["taskset", "-c", GEN_CPU, "ip", "netns", "exec", send_ns, str(self.loadgen), send_dev,
                MAC[send_dev], peer_mac, mode, str(size), str(int(rate)), str(duration), str(flows),
                src4, dst4, src6, dst6]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 30).stdout.split()
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        generator = children.ru_utime - children0.ru_utime + children.ru_stime - children0.ru_stime
         sent, seconds = int(out[1]), float(out[3])
         time.sleep(0.3)  # let queues drain
+        softirq = self.softirq_threads_cpu_seconds() - softirq0
         received = self.rx_packets(recv_ns, recv_dev) - rx0
         user, system = (b - a for a, b in zip(cpu0, self.router_cpu_seconds()))
         cpu = user + system
+        # everything this path costs: the generator process (its sends, and the forwarding the
+        # kernel does in its context: veth hands packets on in the sender's softirq), the router
+        # process, and softirq work deferred to ksoftirqd (shared with other users of the machine)
+        path = generator + (cpu if target == "router" else 0.0) + softirq
         result = {
             "target": target, "direction": direction, "size": size, "flows": flows,
             "offered_pps": round(sent / seconds), "sent": sent, "received": received,
             "pps": round(received / seconds), "mbit_s": round(received * size * 8 / seconds / 1e6, 1),
             "loss": round(max(0.0, 1 - received / sent), 5) if sent else 0.0,
+            # the generator, the router and ksoftirqd: all the kernel's work for this path included
+            # (the fast path has no process of its own)
+            "path_cpu_s": round(path, 3),
+            "path_us_per_packet": round(path * 1e6 / received, 3) if received else None,
         }
         if target == "router":
+            result["fast_path"] = self.fast_path
             result["router_cpu_s"] = round(cpu, 3)
             result["cpu_us_per_packet"] = round(cpu * 1e6 / received, 3) if received else None
             result["user_us_per_packet"] = round(user * 1e6 / received, 3) if received else None
@@ -197,21 +235,30 @@ def fmt_rate(value) -> str:
 
 
 def print_table(results: list[dict], rss: dict | None) -> None:
-    head = (f"{'direction':9} {'size':>5} | {'router peak':>11} {'Mbit/s':>7} {'loss':>6} {'<1% loss':>9} {'µs/pkt':>7} {'usr/sys':>9} |"
-            f" {'kernel peak':>11} {'<1% loss':>9} | {'ratio pk':>8} {'ratio <1%':>9}")
+    head = (f"{'direction':9} {'size':>5} {'flows':>5} {'fast path':>9} | {'router peak':>11} {'Mbit/s':>7} {'loss':>6}"
+            f" {'<1% loss':>9} {'µs/pkt':>7} {'usr/sys':>9} {'path':>7} |"
+            f" {'kernel peak':>11} {'<1% loss':>9} {'path':>7} | {'ratio pk':>8} {'ratio <1%':>9} {'cpu ratio':>9}")
     print(head)
     print("-" * len(head))
     for row in results:
-        r, k = row["router"], row["kernel"]
-        rl = r["lossless"]["pps"] if r["lossless"] else None
+        k = row["kernel"]
         kl = k["lossless"]["pps"] if k["lossless"] else None
-        ratio_peak = r["peak"]["pps"] / k["peak"]["pps"] if k["peak"]["pps"] else 0
-        ratio_ok = (rl / kl) if rl and kl else 0
-        cpu = r["peak"].get("cpu_us_per_packet")
-        split = f"{r['peak']['user_us_per_packet']:.2f}/{r['peak']['system_us_per_packet']:.2f}" if cpu else "-"
-        print(f"{row['direction']:9} {row['size']:>5} | {fmt_rate(r['peak']['pps']):>11} {r['peak']['mbit_s']:>7.0f}"
-              f" {r['peak']['loss'] * 100:>5.1f}% {fmt_rate(rl):>9} {cpu if cpu is not None else '-':>7} {split:>9} |"
-              f" {fmt_rate(k['peak']['pps']):>11} {fmt_rate(kl):>9} | {ratio_peak:>8.2f} {ratio_ok:>9.2f}")
+        kcpu = k["peak"]["path_us_per_packet"]
+        for mode in row["modes"]:
+            r = row[f"router-{mode}"]
+            rl = r["lossless"]["pps"] if r["lossless"] else None
+            ratio_peak = r["peak"]["pps"] / k["peak"]["pps"] if k["peak"]["pps"] else 0
+            ratio_ok = (rl / kl) if rl and kl else 0
+            cpu = r["peak"].get("cpu_us_per_packet")
+            split = f"{r['peak']['user_us_per_packet']:.2f}/{r['peak']['system_us_per_packet']:.2f}" if cpu else "-"
+            rcpu = r["peak"]["path_us_per_packet"]
+            cpu_ratio = f"{rcpu / kcpu:.2f}" if rcpu and kcpu else "-"
+            print(f"{row['direction']:9} {row['size']:>5} {row['flows']:>5} {mode:>9} |"
+                  f" {fmt_rate(r['peak']['pps']):>11} {r['peak']['mbit_s']:>7.0f}"
+                  f" {r['peak']['loss'] * 100:>5.1f}% {fmt_rate(rl):>9} {cpu if cpu is not None else '-':>7} {split:>9}"
+                  f" {rcpu if rcpu is not None else '-':>7} |"
+                  f" {fmt_rate(k['peak']['pps']):>11} {fmt_rate(kl):>9} {kcpu if kcpu is not None else '-':>7} |"
+                  f" {ratio_peak:>8.2f} {ratio_ok:>9.2f} {cpu_ratio:>9}")
     if rss:
         print(f"router RSS: start {rss['rss_start_kib']} KiB, after 1 source {rss['rss_1_sources_kib']} KiB,"
               f" after 100000 sources {rss['rss_100000_sources_kib']} KiB")
@@ -226,8 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="bisection steps for the < 1%% loss rate (default 5, --quick 2)")
     p.add_argument("--no-gro", dest="gro", action="store_false", help="GRO off on the router ns veths (default on)")
     p.add_argument("--no-rss", action="store_true", help="skip the RSS check with 100,000 sources")
-    p.add_argument("--flows", type=int, default=1,
-                   help="distinct peers cycled packet by packet (default 1: one flow, runs batch best)")
+    p.add_argument("--flows", default="1",
+                   help="distinct peers cycled packet by packet, comma-separated for several rows (default 1: one "
+                        "flow, runs batch best; 1000: every packet from or to another peer)")
+    p.add_argument("--fast-path", default="on,off",
+                   help="the router's --fast-path for its rows: on, off or both (default on,off)")
     p.add_argument("--no-latency", action="store_true", help="skip the latency row (ping through peer + router)")
     latency.add_arguments(p.add_argument_group("latency row (bench/latency.py)"))
     args = p.parse_args(argv)
@@ -238,8 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps if args.steps is not None else (2 if args.quick else 5)
     sizes = [int(s) for s in args.sizes.split(",")]
     directions = args.directions.split(",")
+    modes = args.fast_path.split(",")
+    flows_list = [int(f) for f in args.flows.split(",")]
     if not all(48 <= s <= 1280 for s in sizes) or not set(directions) <= {"udp2tun", "tun2udp"}:
         p.error("sizes must be 48..1280, directions udp2tun and/or tun2udp")
+    if not set(modes) <= {"on", "off"} or not all(f >= 1 for f in flows_list):
+        p.error("--fast-path takes on and/or off, --flows positive numbers")
 
     def on_term(signum, _frame):
         raise KeyboardInterrupt
@@ -249,19 +303,27 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="6bed4-bench-"))
     lab = Lab("bn")
     started = time.time()
+    load_start = os.getloadavg()
+    print(f"load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}", file=sys.stderr)
     try:
-        bench = Bench(lab, build_loadgen(workdir), duration, args.gro, args.flows)
-        bench.start_router()
+        bench = Bench(lab, build_loadgen(workdir), duration, args.gro)
+        bench.start_router(modes[0])
         results = []
-        for direction in directions:
-            for size in sizes:
-                row = {"direction": direction, "size": size}
-                for target in ("kernel", "router"):
-                    row[target] = bench.find_lossless(target, direction, size, steps)
-                    print(f"  {direction} {size}B {target}: peak {row[target]['peak']['pps']} pps,"
-                          f" <1% loss at {row[target]['lossless']['pps'] if row[target]['lossless'] else '-'}",
-                          file=sys.stderr)
-                results.append(row)
+        for flows in flows_list:
+            bench.flows = flows
+            for direction in directions:
+                for size in sizes:
+                    row = {"direction": direction, "size": size, "flows": flows, "modes": modes}
+                    for target, mode in [("kernel", None)] + [("router", mode) for mode in modes]:
+                        key = "kernel" if mode is None else f"router-{mode}"
+                        if mode is not None:
+                            bench.start_router(mode)
+                        row[key] = bench.find_lossless(target, direction, size, steps)
+                        print(f"  {direction} {size}B {flows} flows {key}: peak {row[key]['peak']['pps']} pps,"
+                              f" <1% loss at {row[key]['lossless']['pps'] if row[key]['lossless'] else '-'}",
+                              file=sys.stderr)
+                    results.append(row)
+        bench.start_router("off")  # the RSS check is of the Python path
         rss = None if args.no_rss else rss_check(bench, max(duration, 2.0))
         if bench.router.poll() is not None:
             raise RuntimeError(f"router died: {lab.log('router')}")
@@ -281,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
     print_table(results, rss)
+    print("load average at start %.2f, at the end %.2f (1 min)" % (load_start[0], os.getloadavg()[0]))
     if latency_rows:
         latency.print_latency(latency_rows)
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
@@ -288,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.time() - started, 1),
         "commit": commit.stdout.strip(), "dirty": bool(subprocess.run(
             ["git", "-C", str(ROOT), "status", "--porcelain", "src"], capture_output=True, text=True).stdout),
-        "duration": duration, "gro": args.gro, "flows": args.flows, "argv": sys.argv[1:], "loadavg": os.getloadavg(),
+        "duration": duration, "gro": args.gro, "flows": flows_list, "fast_path": modes, "argv": sys.argv[1:],
+        "loadavg_start": load_start, "loadavg": os.getloadavg(),
         "results": results, "rss": rss, "latency": latency_rows, "router_log_tail": router_log[-2000:],
     }
     out_dir = ROOT / "bench" / "results"

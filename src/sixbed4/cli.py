@@ -54,7 +54,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from .demo import anycast
 
         return anycast.main("6bed4 demo --anycast", keep=args.keep, python=sys.executable)
-    return demo.main("6bed4 demo", keep=args.keep, upstream=args.upstream, python=sys.executable)
+    return demo.main("6bed4 demo", keep=args.keep, upstream=args.upstream, python=sys.executable,
+                     fast_path=args.fast_path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upstream", choices=("on-link", "routed"), default="on-link",
                    help="on-link: the upstream treats the /64 as on-link and the router answers ND for it "
                         "(proxy ND); routed: the upstream routes the /64 to the VM (default: %(default)s)")
+    p.add_argument("--fast-path", choices=("auto", "on", "off"), default="auto",
+                   help="the router's kernel fast path (6bed4router --fast-path; default: %(default)s)")
     p.add_argument("--anycast", action="store_true",
                    help="instead: two router hosts behind one anycast address, announced by BIRD to an upstream "
                         "that spreads the traffic over them (ECMP), and a router killed while flows run")

@@ -17,6 +17,12 @@ def _need_root():
         pytest.skip("integration tests need root (network namespaces)")
 
 
+@pytest.fixture(scope="module", params=["on", "off"], ids=["fast-path-on", "fast-path-off"])
+def fast_path(request) -> str:
+    """The router's --fast-path: the namespace tests of the router run with the kernel fast path and without."""
+    return request.param
+
+
 @pytest.fixture
 def lab():
     with Lab() as lab:

@@ -16,7 +16,8 @@ ROUTER = (ROUTER_V4, 25790)
 
 
 class SixClient:
-    def __init__(self, lab, ns: str, port: int = 0):
+    def __init__(self, lab, ns: str, port: int = 0, router: tuple[str, int] = ROUTER):
+        self.router = router
         self.sock = lab.socket(ns)
         self.sock.bind(("0.0.0.0", port))
         self.sock.settimeout(3)
@@ -24,7 +25,7 @@ class SixClient:
         self.prefix114: str | None = None
 
     def send(self, packet) -> None:
-        self.sock.sendto(bytes(packet), ROUTER)
+        self.sock.sendto(bytes(packet), self.router)
 
     def recv(self, timeout: float = 3) -> tuple[IPv6, tuple[str, int]]:
         self.sock.settimeout(timeout)

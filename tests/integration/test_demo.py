@@ -65,12 +65,13 @@ def assert_passed(proc: subprocess.Popen, output: str) -> None:
     assert demo_namespaces(proc.pid) == [] and not (RECORDS / f"6bed4demo-{proc.pid}.json").exists()
 
 
-@pytest.mark.parametrize("upstream", ["on-link", "routed"])
-def test_demo_passes_every_cell_and_cleans_up(upstream):
+@pytest.mark.parametrize("upstream, fast_path", [("on-link", "on"), ("on-link", "off"), ("routed", "on")])
+def test_demo_passes_every_cell_and_cleans_up(upstream, fast_path):
     started = time.monotonic()
-    proc, output = run_demo("--upstream", upstream)
-    print(f"demo --upstream {upstream} took {time.monotonic() - started:.1f}s")
+    proc, output = run_demo("--upstream", upstream, "--fast-path", fast_path)
+    print(f"demo --upstream {upstream} --fast-path {fast_path} took {time.monotonic() - started:.1f}s")
     assert_passed(proc, output)
+    assert ("fast path attached: tc ingress of eth0" if fast_path == "on" else "fast path off") in output
 
 
 def test_two_demos_at_once_both_pass():

@@ -40,9 +40,9 @@ OUTAGE = float(os.environ.get("FAULTS_OUTAGE", 40))
 
 
 @pytest.fixture(scope="module")
-def net():
+def net(fast_path):
     with Lab("fl") as lab:
-        topo = topology.build(lab, ("cl1", "cl2"))
+        topo = topology.build(lab, ("cl1", "cl2"), fast_path)
         topo.start_router()
         yield topo
 

@@ -42,9 +42,9 @@ def forbidden(ip: str, port: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def attacked():
+def attacked(fast_path):
     with Lab("ha") as lab:
-        topo = topology.build(lab, ("mob", "atk"))
+        topo = topology.build(lab, ("mob", "atk"), fast_path)
         for ns in (topo.core, topo.router):
             lab.sh(ns, "for f in /proc/sys/net/ipv4/conf/*/rp_filter; do echo 0 > $f; done")
         router = topo.start_router("--metrics", "127.0.0.1:9641")

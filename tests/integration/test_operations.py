@@ -13,9 +13,9 @@ from tests.netlab import ROOT, Lab
 
 
 @pytest.fixture(scope="module")
-def net():
+def net(fast_path):
     with Lab("op") as lab:
-        yield topology.build(lab, ("mob",))
+        yield topology.build(lab, ("mob",), fast_path)
 
 
 def test_metrics_count_traffic_and_drops_by_reason(net):
@@ -38,8 +38,9 @@ def test_metrics_count_traffic_and_drops_by_reason(net):
     assert samples[("sixbed4_router_drops_total", (("reason", "multicast"),))] == 0
     assert samples[("sixbed4_router_to_tun_total", ())] >= 1
     assert samples[("sixbed4_router_to_udp_total", ())] >= 1
-    info = samples[("sixbed4_router_info", (("address", "2001:db8:9:10:c000:201:64be:0"), ("prefix", "2001:db8:9:10::/64")))]
-    assert info == 1
+    info = next(dict(labels) for (name, labels) in samples if name == "sixbed4_router_info")
+    assert info["address"] == "2001:db8:9:10:c000:201:64be:0" and info["prefix"] == "2001:db8:9:10::/64"
+    assert info["fast_path"].startswith("tc ingress of eth1") if net.fast_path == "on" else info["fast_path"] == "off"
     page = (ROOT / "man" / "6bed4router.8").read_text().replace("\\-", "-")
     for name in {name for name, _labels in samples}:  # the man page's METRICS name every family scraped
         assert name in page, name

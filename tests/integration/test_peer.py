@@ -25,9 +25,9 @@ KEEPALIVE = "5,3"
 
 
 @pytest.fixture(scope="module")
-def net():
+def net(fast_path):
     with Lab("pe") as lab:
-        topo = topology.build(lab, ("cl1", "cl2"))
+        topo = topology.build(lab, ("cl1", "cl2"), fast_path)
         topo.start_router("-R", EXTRA_ROUTE)
         yield topo
 

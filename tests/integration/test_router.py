@@ -17,9 +17,9 @@ from tests.netlab import Lab
 
 
 @pytest.fixture(scope="module")
-def net():
+def net(fast_path):
     with Lab("rt") as lab:
-        topo = topology.build(lab, ("cl1", "cl2", "mob"))
+        topo = topology.build(lab, ("cl1", "cl2", "mob"), fast_path)
         topo.start_router()
         yield topo
 

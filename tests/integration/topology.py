@@ -38,10 +38,12 @@ class Topology:
     inet: str
     clients: dict[str, Client] = field(default_factory=dict)
     router_proc: object = None
+    fast_path: str = "off"  # the router's --fast-path
 
     def start_router(self, *extra: str, name: str = "router"):
         proc = self.lab.python(
-            self.router, "sixbed4.router.cli", "-l", ROUTER_V4, "-L", PREFIX, "--log-level", "debug", *extra, name=name
+            self.router, "sixbed4.router.cli", "-l", ROUTER_V4, "-L", PREFIX, "--log-level", "debug",
+            "--fast-path", self.fast_path, *extra, name=name
         )
         self.lab.wait_for(
             lambda: "serving" in self.lab.log(name) or proc.poll() is not None, what="router start"
@@ -57,13 +59,18 @@ def nat(lab: Lab, ns: str, wan: str) -> None:
                f"&& nft add rule ip nat post oifname {wan} masquerade random")
 
 
-def build(lab: Lab, clients: tuple[str, ...] = ("cl1", "cl2")) -> Topology:
+def build(lab: Lab, clients: tuple[str, ...] = ("cl1", "cl2"), fast_path: str = "off") -> Topology:
     core = lab.ns("core4", forwarding=True)
     router = lab.ns("rtr", forwarding=True)
     inet = lab.ns("inet6")
-    topo = Topology(lab, core, router, inet)
+    topo = Topology(lab, core, router, inet, fast_path=fast_path)
 
     lab.link(core, "r0", router, "eth1")
+    # Datagrams reach the router as from a NIC: checksums complete, no GSO super-packets
+    # (a veth would hand on a local sender's unfinished checksum and unsplit GSO sends).
+    lab.sh(core, "ethtool -K r0 tx off gso off >/dev/null")
+    # and leave it likewise: each datagram's checksum is complete, and checked where it arrives
+    lab.sh(router, "ethtool -K eth1 tx off >/dev/null")
     lab.sh(core, "ip addr add 192.0.2.254/24 dev r0")
     lab.sh(router, f"ip addr add {ROUTER_V4}/24 dev eth1 && ip route add default via 192.0.2.254")
     lab.link(router, "up6", inet, "eth0")

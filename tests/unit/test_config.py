@@ -137,7 +137,8 @@ SAMPLES = {
     "router-port": ("25790", "4000"), "keepalive": ("30,3", "10,5"), "exthook": ("/bin/true", "/bin/false"),
     "uplink": ("eth0", "eth1"), "prefix": ("2001:db8:9:10::/64", "2001:db8:9:11::/64"),
     "local": ("2001:db8:9:10::80", "2001:db8:9:10::81"), "dummy": ("dumbo0", "dumbo1"),
-    "state-file": ("/run/a.json", "/run/b.json"), "anycast-table": ("6464", "100"),
+    "state-file": ("/run/a.json", "/run/b.json"), "fast-path": ("off", "on"),
+    "anycast-table": ("6464", "100"),
     "anycast-prefix": ("192.0.2.0/24", "2001:db8:9::/48"), "anycast-drain": ("2", "0.5"),
 }
 PROGRAMS = {"6bed4router": router_cli, "6bed4peer": peer_cli, "6bed4 host-setup": HostSetupCli}

@@ -105,6 +105,14 @@ class Counters:
         self.tun_in_bytes += count * size
         self.to_udp += count
 
+    def plus(self, events: dict[str, int]) -> "Counters":
+        """A copy with `events` (counted elsewhere, e.g. by the kernel fast path) added."""
+        total = Counters()
+        for name in self.EVENTS:
+            setattr(total, name, getattr(self, name) + events.get(name, 0))
+        total.drops = dict(self.drops)
+        return total
+
     def snapshot(self) -> dict[str, int]:
         values = {name: getattr(self, name) for name in self.EVENTS}
         values.update({f"drop_{reason}": count for reason, count in self.drops.items()})

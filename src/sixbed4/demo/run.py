@@ -112,10 +112,10 @@ def print_matrix(cells: list[Cell], sources: list[str], targets: list[str], out=
         out.write(row.rstrip() + "\n")
 
 
-def main(argv_prog: str, keep: bool, upstream: str, python: str) -> int:
+def main(argv_prog: str, keep: bool, upstream: str, python: str, fast_path: str = "auto") -> int:
     """Run the demo; exit code 0 only if every cell of the matrix passed."""
     return run_lab(argv_prog, TAG, ("ping", "nft", "iperf3"), keep,
-                   lambda lab, progress: _run(lab, progress, upstream == "routed", python, keep))
+                   lambda lab, progress: _run(lab, progress, upstream == "routed", python, keep, fast_path))
 
 
 def run_lab(argv_prog: str, tag: str, tools: tuple[str, ...], keep: bool, body) -> int:
@@ -164,7 +164,7 @@ def run_lab(argv_prog: str, tag: str, tools: tuple[str, ...], keep: bool, body) 
             progress.step("cleaned up: namespaces and processes removed")
 
 
-def _run(lab: Lab, progress: Progress, routed: bool, python: str, keep: bool) -> int:
+def _run(lab: Lab, progress: Progress, routed: bool, python: str, keep: bool, fast_path: str) -> int:
     progress.step("building the lab: upstream router + Internet, VM with eth0 "
                   f"{scenario.VM_MAC}, home NAT with a gateway and a laptop behind it, a phone")
     sc = scenario.build(lab, upstream_routes_prefix=routed)
@@ -183,7 +183,8 @@ def _run(lab: Lab, progress: Progress, routed: bool, python: str, keep: bool) ->
         return 1
     progress.step("host setup applied: forwarding on, ::11 and ::30 moved to /128, /64 off eth0")
 
-    router_args = [python, "-m", "sixbed4.router.cli", "-l", scenario.VM_V4, "-L", scenario.PREFIX]
+    router_args = [python, "-m", "sixbed4.router.cli", "-l", scenario.VM_V4, "-L", scenario.PREFIX,
+                   "--fast-path", fast_path]
     if not routed:
         router_args += ["--proxy-nd", "eth0"]
     router = lab.start(ns["vm"], router_args, "router")
@@ -191,6 +192,8 @@ def _run(lab: Lab, progress: Progress, routed: bool, python: str, keep: bool) ->
                          or router.poll() is not None, 10) or router.poll() is not None:
         progress.step("router failed:\n" + _indent(lab.log("router")))
         return 1
+    fast = [line.split(" INFO ", 1)[-1] for line in lab.log("router").splitlines() if "fast path " in line]
+    progress.step(fast[0] if fast else "fast path off")
 
     peers = {"gateway": ns["gateway"], "phone": ns["phone"]}
     offer = lab.logdir / "gateway-offer"

@@ -56,9 +56,10 @@ class CountersCollector:
 
     `events` and `reasons` narrow the families to those the part can count
     (the proxy ND responder shares the Counters type but not most of its events).
+    `counters` may be a function that returns them (e.g. merged with the fast path's).
     """
 
-    def __init__(self, namespace: str, counters: Counters, info: Callable[[], dict[str, str]] | None = None,
+    def __init__(self, namespace: str, counters: Counters | Callable[[], Counters], info: Callable[[], dict[str, str]] | None = None,
                  rate_limit_hits: Callable[[], int] | None = None, events: Iterable[str] = Counters.EVENTS,
                  reasons: Iterable[str] = DROP_REASONS):
         self.namespace = namespace
@@ -70,13 +71,14 @@ class CountersCollector:
 
     def collect(self):
         ns = self.namespace
+        counters = self.counters() if callable(self.counters) else self.counters
         for event in self.events:
             family = CounterMetricFamily(f"{ns}_{event}", EVENT_HELP.get(event, event))
-            family.add_metric([], getattr(self.counters, event))
+            family.add_metric([], getattr(counters, event))
             yield family
         drops = CounterMetricFamily(f"{ns}_drops", "packets dropped, by reason", labels=["reason"])
         for reason in self.reasons:
-            drops.add_metric([reason], self.counters.drops.get(reason, 0))
+            drops.add_metric([reason], counters.drops.get(reason, 0))
         yield drops
         if self.rate_limit_hits is not None:
             hits = CounterMetricFamily(f"{ns}_rate_limit_hits", "replies suppressed by rate limits")

@@ -257,6 +257,16 @@ def uplink_for(ipv4: str) -> tuple[int, str] | None:
         return index, ipr.get_links(index)[0].get_attr("IFLA_IFNAME")
 
 
+def ipv4_addresses(ifname: str) -> list[bytes]:
+    """The IPv4 addresses of one interface, packed, primary first."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            return []
+        return [socket.inet_aton(a.get_attr("IFA_LOCAL")) for a in ipr.get_addr(family=AF_INET, index=found[0])
+                if a.get_attr("IFA_LOCAL")]
+
+
 class LinkWatch:
     """The interfaces a daemon cannot work without, checked by index (renaming one is fine).
 

@@ -10,6 +10,7 @@ from ..anycast.options import add_router_options as add_anycast_options, anycast
 from ..core import addr, icmp6
 from ..io.metrics import parse_listen
 from ..core.router import MasqRule, RouterConfig
+from ..fastpath import control as fastpath
 from .daemon import RouterSettings, run_router
 
 DESCRIPTION = """\
@@ -69,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proxy-nd", metavar="IF",
                    help="answer Neighbor Solicitations on this uplink for the 6bed4 addresses of the /64 and the "
                         "host's own addresses moved off it (when the upstream treats the /64 as on-link)")
+    p.add_argument("--fast-path", choices=fastpath.MODES, default="auto",
+                   help="forward the common cases in the kernel (eBPF on the uplink and the TUN device): auto uses "
+                        "it where it can be loaded and says why not otherwise, on fails if it cannot (default: auto)")
+    p.add_argument("--uplink", metavar="IF",
+                   help="interface where the peers' datagrams arrive, for the fast path "
+                        "(default: the one that has, or routes, the -l address)")
     group = p.add_argument_group("masquerading (as the C router)")
     group.add_argument("-m", "--masqhost", metavar="IPV6", action=_Ordered, dest="masq", const="host",
                        help="host that masqueraded ports go to")
@@ -147,6 +154,8 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
         create_tun=args.tundev is None,
         prefix_route=args.prefix_route,
         proxy_nd=args.proxy_nd,
+        fast_path=args.fast_path,
+        uplink=args.uplink,
         metrics=args.metrics,
         user=args.user,
         anycast=anycast_settings(args, config),

@@ -13,10 +13,11 @@ from ..anycast.options import AnycastSettings
 from ..config import Reload
 from ..core import addr
 from ..core.router import RouterConfig, RouterCore
+from ..fastpath import control as fastpath
 from ..io import netlink
 from ..io import service
 from ..io.datapath import Datapath, DatapathError
-from ..io.hostaddr import HostIPv4Watch
+from ..io.hostaddr import HostIPv4Watch, host_ipv4s
 from ..io.metrics import CountersCollector, MetricsError
 from ..io.tun import Tun, TunError
 from ..io.udp import UdpError, open_udp
@@ -27,16 +28,17 @@ TUN_MTU = 1280
 
 # What each signal does (the man page's SIGNALS section is made from this table).
 SIGNALS = {
-    signal.SIGTERM: ("stop", "stop cleanly: remove the TUN device the router created (with -d: the addresses and "
-                             "route the router put on the device), exit 0; with --anycast-table, withdraw first "
-                             "and go on serving --anycast-drain seconds; a second signal stops at once"),
+    signal.SIGTERM: ("stop", "stop cleanly: detach the fast path, remove the TUN device the router created "
+                             "(with -d: the addresses and route the router put on the device), exit 0; with "
+                             "--anycast-table, withdraw first and go on serving --anycast-drain seconds; a second "
+                             "signal stops at once"),
     signal.SIGINT: ("stop", "the same as SIGTERM"),
     signal.SIGHUP: ("reload", "read the --config file again; a new log-level takes effect at once, without dropping "
                               "a packet; any other changed setting is logged and takes effect at the next start"),
     signal.SIGKILL: (None, "the kernel removes the TUN device the router created, with its addresses and routes "
-                           "(the --anycast-table announcement too, which BIRD then withdraws), so a restart works "
-                           "at once; with -d the router's addresses and route stay on the device until the next "
-                           "start takes them over and a clean stop removes them"),
+                           "(the --anycast-table announcement too, which BIRD then withdraws), and the fast "
+                           "path's tcx links, so a restart works at once; with -d the router's addresses and route "
+                           "stay on the device until the next start takes them over and a clean stop removes them"),
 }
 
 
@@ -50,6 +52,8 @@ class RouterSettings:
     metrics: tuple[str, int] | None = None
     user: str | None = None
     proxy_nd: str | None = None  # uplink on which to answer Neighbor Solicitations for the /64
+    fast_path: str = "auto"  # the kernel fast path: auto, on, off
+    uplink: str | None = None  # where datagrams arrive (default: the interface that has or routes -l)
     anycast: AnycastSettings | None = None  # announce through a BGP daemon while serving
 
 
@@ -94,6 +98,10 @@ class NotableEvents:
             log.info("sent %d corrective RAs to peers whose NAT mapping changed", news["corrective_ra_sent"])
         self.seen = current
         self.next_report = now + self.INTERVAL
+
+
+def _nonzero(counters: dict[str, int]) -> str:
+    return " ".join(f"{k}={v}" for k, v in counters.items() if v)
 
 
 def _forwarding_enabled() -> bool:
@@ -156,15 +164,33 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Relo
 
         core = RouterCore(config)
         try:
-            host_watch = HostIPv4Watch(core.set_host_ipv4s)
+            fast = fastpath.start(settings.fast_path, config, settings.bind, tun.name,
+                                  settings.uplink or watch.uplink, host_ipv4s)
+        except fastpath.FastPathError as exc:
+            return cliutil.fail(prog, f"--fast-path on: {exc}")
+        if fast is not None:
+            cleanup.callback(fast.close)
+            cleanup.callback(lambda: log.info("fast path detached; the kernel took %s", _nonzero(fast.counters())))
+            collectors.append(fast.metrics_collector("sixbed4_router"))
+
+        def on_host_ipv4s(addresses) -> None:
+            core.set_host_ipv4s(addresses)
+            if fast is not None:
+                fast.set_host_ipv4s(addresses)
+
+        def counters():
+            return core.counters.plus(fast.counters()) if fast else core.counters
+
+        try:
+            host_watch = HostIPv4Watch(on_host_ipv4s)
             host_watch.start()
         except OSError as exc:
             return cliutil.fail(prog, f"cannot read the host's IPv4 addresses: {exc}")
         cleanup.callback(host_watch.close)
         prefix_text = addr.format_address(config.prefix + bytes(8))
-        info = {"prefix": f"{prefix_text}/64", "address": addr.format_address(config.address)}
-        collectors.append(
-            CountersCollector("sixbed4_router", core.counters, lambda: info, lambda: core.rate_limit_hits))
+        info = {"prefix": f"{prefix_text}/64", "address": addr.format_address(config.address),
+                "fast_path": str(fast.attachment) if fast else "off"}
+        collectors.append(CountersCollector("sixbed4_router", counters, lambda: info, lambda: core.rate_limit_hits))
         try:
             service.serve_then_drop(settings.metrics, collectors, settings.user, cleanup, ready=health.report)
         except (MetricsError, service.PrivilegeError) as exc:
@@ -189,10 +215,12 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Relo
         try:
             health.update()
             on_tick = service.reloading(reload, settings, NotableEvents(core))
+            if fast is not None:  # the programs leave packets for a TUN device set down to the Python path
+                on_tick = fast.following_tun(on_tick, lambda: setup.index not in watch.down)
             datapath.run(on_tick=watch.guarding(health.guarding(on_tick)))
         except (DatapathError, netlink.LinkGone, AnnounceError) as exc:
             log.error("%s; exiting", watch.explain(exc))
             return 1
         finally:
-            log.info("counters: %s", " ".join(f"{k}={v}" for k, v in core.counters.snapshot().items() if v))
+            log.info("counters: %s", _nonzero(counters().snapshot()))
         return 0

@@ -1,0 +1,77 @@
+"""The fast path's control side without a kernel: modes, reasons, the build cache, merged counters."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+
+import pytest
+
+from sixbed4.core import addr
+from sixbed4.core.router import RouterConfig
+from sixbed4.core.stats import Counters
+from sixbed4.fastpath import build, control
+from sixbed4.fastpath.loader import FastPathError
+from sixbed4.io.metrics import CountersCollector
+
+CONFIG = RouterConfig(prefix=bytes.fromhex("20010db800090010"), ipv4=addr.parse_ipv4("192.0.2.1"))
+
+
+def never_called():
+    raise AssertionError("the host's addresses are read only when the programs are loaded")
+
+
+def test_off_loads_nothing():
+    assert control.start("off", CONFIG, ("192.0.2.1", 25790), "6bed4", "eth0", never_called) is None
+
+
+@pytest.mark.parametrize("bind, uplink, reason", [
+    (("127.0.0.1", 4000), "eth0", "the socket is bound to 127.0.0.1 (-x): datagrams come through firewall rules"),
+    (("192.0.2.1", 25790), None, "no interface has or routes 192.0.2.1: give --uplink"),
+])
+def test_on_fails_and_auto_logs_why(bind, uplink, reason, caplog):
+    with pytest.raises(FastPathError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        control.start("on", CONFIG, bind, "6bed4", uplink, never_called)
+    with caplog.at_level(logging.INFO, logger="6bed4router"):
+        assert control.start("auto", CONFIG, bind, "6bed4", uplink, never_called) is None
+    [record] = [r for r in caplog.records if "fast path" in r.message]
+    assert record.message == f"fast path not used: {reason}; all packets take the Python path"
+
+
+def test_a_cached_object_someone_else_could_have_written_is_not_loaded(tmp_path, monkeypatch):
+    """The cache holds what gets loaded into the kernel: only an object that is ours and private counts."""
+    monkeypatch.setenv("CACHE_DIRECTORY", str(tmp_path / "cache"))
+    monkeypatch.setattr(build, "clang", lambda: "clang")
+    monkeypatch.setattr(build, "_compiler_version", lambda compiler: "clang version 14")
+    compiled = []
+
+    def compile_object(source, output, compiler):
+        compiled.append(output)
+        output.write_bytes(b"\x7fELF built here")
+
+    monkeypatch.setattr(build, "compile_object", compile_object)
+    source = tmp_path / "prog.bpf.c"
+    source.write_text("int x;")
+    assert build.build(source) == b"\x7fELF built here" and len(compiled) == 1
+    assert build.build(source) == b"\x7fELF built here" and len(compiled) == 1  # from the cache
+    [cached] = (tmp_path / "cache").glob("prog.bpf-*.o")
+    assert stat.S_IMODE(cached.stat().st_mode) == 0o600
+
+    cached.write_bytes(b"\x7fELF planted")
+    os.chmod(cached, 0o666)  # writable by anyone: not trusted, built again
+    assert build.build(source) == b"\x7fELF built here" and len(compiled) == 2
+    source.write_text("int y;")  # another source: another object
+    build.build(source)
+    assert len(compiled) == 3 and len(list((tmp_path / "cache").glob("prog.bpf-*.o"))) == 2
+
+
+def test_the_kernels_counts_are_added_to_the_cores():
+    core = Counters()
+    core.udp_in, core.to_tun = 3, 2
+    core.drop("bad_source")
+    total = core.plus({"udp_in": 10, "to_tun": 9, "relayed": 1})
+    assert (total.udp_in, total.to_tun, total.relayed, total.drops["bad_source"]) == (13, 11, 1, 1)
+    assert core.udp_in == 3  # the core's own counters are left alone
+    families = {f.name: f for f in CountersCollector("sixbed4_router", lambda: total).collect()}
+    assert families["sixbed4_router_udp_in"].samples[0].value == 13
