@@ -23,6 +23,8 @@ AF_INET = 2
 AF_INET6 = 10
 IFA_F_NODAD = 0x02
 IFA_F_NOPREFIXROUTE = 0x200
+NTF_PROXY = 0x08
+IFF_UP = 0x1
 SYSCTL_ROOT = Path("/proc/sys")
 
 
@@ -69,9 +71,9 @@ class InterfaceSetup:
         except NetlinkError as exc:
             raise NetlinkSetupError(exc.code, f"{what} on {self.ifname}: {exc.args[1] if len(exc.args) > 1 else exc}") from None
 
-    def set_sysctl(self, leaf: str, value: str) -> None:
-        """net.ipv6.conf.<ifname>.<leaf> = value, restored by undo()."""
-        key = f"net.ipv6.conf.{self.ifname}.{leaf}"
+    def set_sysctl(self, leaf: str, value: str, *, interface: str | None = None) -> None:
+        """net.ipv6.conf.<ifname>.<leaf> = value, restored by undo(); `interface` "all" for the namespace-wide one."""
+        key = f"net.ipv6.conf.{interface or self.ifname}.{leaf}"
         old = read_sysctl(key)
         if old != value:
             write_sysctl(key, value)
@@ -86,6 +88,22 @@ class InterfaceSetup:
         """
         self._call("setting MTU, queue length and state up", "link", "set", index=self.index, mtu=mtu,
                    txqlen=queue, state="up")
+
+    def mac(self) -> bytes | None:
+        """The interface's 6-byte hardware address, or None (a TUN device has none)."""
+        text = self.ipr.get_links(self.index)[0].get_attr("IFLA_ADDRESS")
+        raw = bytes.fromhex(text.replace(":", "")) if text else b""
+        return raw if len(raw) == 6 else None
+
+    def is_up(self) -> bool:
+        return bool(self.ipr.get_links(self.index)[0]["flags"] & IFF_UP)
+
+    def link_local(self) -> str | None:
+        """An IPv6 link-local address of the interface (tentative ones count), or None."""
+        for entry in self.ipr.get_addr(index=self.index, family=AF_INET6):
+            if ipaddress.IPv6Address(entry.get_attr("IFA_ADDRESS")).is_link_local:
+                return entry.get_attr("IFA_ADDRESS")
+        return None
 
     def has_address(self, address: str, prefixlen: int) -> bool:
         packed = ipaddress.IPv6Address(address)
@@ -109,8 +127,14 @@ class InterfaceSetup:
         )
         self._undo.append(("addr", ("del",), dict(index=self.index, address=address, prefixlen=prefixlen)))
 
+    def _route_spec(self, prefix: str, prefixlen: int, extra: dict) -> dict:
+        if extra.get("type") == "unreachable":  # answered with ICMPv6 unreachable: no interface
+            return dict(dst=prefix, dst_len=prefixlen, family=AF_INET6, **extra)
+        return dict(dst=prefix, dst_len=prefixlen, oif=self.index, family=AF_INET6, **extra)
+
     def add_route(self, prefix: str, prefixlen: int, **extra) -> None:
-        spec = dict(dst=prefix, dst_len=prefixlen, oif=self.index, family=AF_INET6, **extra)
+        """A route via this interface (or, with type="unreachable", one that answers unreachable)."""
+        spec = self._route_spec(prefix, prefixlen, extra)
         try:
             self.ipr.route("add", **spec)
         except NetlinkError as exc:
@@ -135,13 +159,29 @@ class InterfaceSetup:
 
     def remove_route(self, prefix: str, prefixlen: int, **extra) -> None:
         """Remove a route that add_route() added with the same arguments (others are left alone)."""
-        spec = dict(dst=prefix, dst_len=prefixlen, oif=self.index, family=AF_INET6, **extra)
+        spec = self._route_spec(prefix, prefixlen, extra)
         if self._forget("route", spec):
             try:
                 self.ipr.route("del", **spec)
             except NetlinkError as exc:
                 if exc.code not in (errno.ESRCH, errno.ENOENT):
                     raise NetlinkSetupError(exc.code, f"removing route {prefix}/{prefixlen} via {self.ifname}: {exc}") from None
+
+    def add_proxy_neighbour(self, address: str) -> None:
+        """Answer Neighbor Solicitations for `address` on this interface (needs proxy_ndp and forwarding)."""
+        spec = dict(dst=address, ifindex=self.index, family=AF_INET6, flags=NTF_PROXY)
+        try:
+            self.ipr.neigh("add", **spec)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise NetlinkSetupError(exc.code, f"adding proxy neighbour {address} on {self.ifname}: {exc}") from None
+            return
+        self._undo.append(("neigh", ("del",), spec))
+
+    def remove_proxy_neighbour(self, address: str) -> None:
+        spec = dict(dst=address, ifindex=self.index, family=AF_INET6, flags=NTF_PROXY)
+        if self._forget("neigh", spec):
+            self._call(f"removing proxy neighbour {address}", "neigh", "del", **spec)
 
     def undo(self) -> None:
         """Take back every recorded change, newest first; never raises."""

@@ -15,6 +15,7 @@ import signal
 import socket
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 
 from .. import cliutil
@@ -25,6 +26,7 @@ from ..io.datapath import Datapath, DatapathError
 from ..io.metrics import CountersCollector, MetricsError
 from ..io.tun import Tun, TunError
 from ..io.udp import UdpError, open_udp
+from .lan import LanError, LanGateway, LanSettings
 
 log = logging.getLogger("6bed4peer")
 
@@ -45,6 +47,7 @@ class PeerSettings:
     hook: str | None = None
     metrics: tuple[str, int] | None = None
     user: str | None = None
+    lan: LanSettings | None = None  # --lan: the gateway of a LAN
 
 
 def configure_tun(setup: netlink.InterfaceSetup) -> None:
@@ -131,10 +134,11 @@ class LeaseApplier:
 class Ticker:
     """Runs the core's timers and carries out what they return."""
 
-    def __init__(self, core: PeerCore, sock: socket.socket, applier: LeaseApplier):
+    def __init__(self, core: PeerCore, sock: socket.socket, applier: LeaseApplier, lan: LanGateway | None = None):
         self.core = core
         self.sock = sock
         self.applier = applier
+        self.lan = lan
         self.default_ttl = sock.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
         self.router = core.config.router
 
@@ -144,11 +148,17 @@ class Ticker:
                 self.send(event)
             elif isinstance(event, Configure):
                 self.configure(event)
+                if self.lan:
+                    self.lan.lease_changed(event.lease, now)
             elif isinstance(event, Unconfigure):
                 log.warning("the router withdrew %s; soliciting a new prefix", event.old.describe())
                 self.applied(lambda: self.applier.remove(event.old))
+                if self.lan:
+                    self.lan.lease_changed(None, now)
             elif isinstance(event, Notice):
                 log.log(event.level, "%s", event.message)
+        if self.lan:
+            self.lan.tick(now)
 
     def send(self, datagram: Datagram) -> None:
         ttl = datagram.ttl
@@ -217,11 +227,23 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer") -> int:
             lease = core.lease
             return {"router": "%s:%d" % config.router, "address": addr.format_address(lease.address) if lease else ""}
 
+        collectors = [CountersCollector("sixbed4_peer", core.counters, info)]
+        gateway = None
+        if settings.lan:
+            try:
+                gateway = LanGateway.open(settings.lan, setup, cleanup, time.monotonic())
+            except LanError as exc:
+                return cliutil.fail(prog, str(exc))
+            watch.add(gateway.lan_setup.index, f"the LAN interface {settings.lan.interface}")
+            collectors.append(CountersCollector("sixbed4_peer_lan", gateway.advertiser.counters,
+                                                events=("rs_received", "ra_sent"),
+                                                reasons=("nd_bad_hoplimit", "nd_malformed", "send_error")))
+
         # This thread keeps CAP_NET_ADMIN after the switch to --user: it re-addresses on a
-        # corrective RA and passes the capability on to the hook.
+        # corrective RA and passes the capability on to the hook (and, on a LAN, to the DHCPv6 server).
         try:
-            service.serve_then_drop(settings.metrics, [CountersCollector("sixbed4_peer", core.counters, info)],
-                                    settings.user, cleanup)
+            keep = settings.lan.capabilities if settings.lan else (service.CAP_NET_ADMIN,)
+            service.serve_then_drop(settings.metrics, collectors, settings.user, cleanup, keep)
         except (MetricsError, service.PrivilegeError) as exc:
             return cliutil.fail(prog, str(exc))
         cleanup.callback(hook.withdraw)  # del-offers first; then undo() removes addresses and routes
@@ -238,7 +260,7 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer") -> int:
 
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, on_signal)
-        ticker = Ticker(core, sock, applier)
+        ticker = Ticker(core, sock, applier, gateway)
         service.notify("READY=1")
         try:
             ticker(datapath.clock())  # the first RS now, not a tick later
