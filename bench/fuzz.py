@@ -35,6 +35,8 @@ PEER_ADDR = addr.encode(PREFIX, bytes((198, 51, 100, 7)), 40000, 1)
 PEER_PREFIX114 = PEER_ADDR[:14] + bytes((PEER_ADDR[14] & 0xC0, 0))
 OTHER_ADDR = addr.encode(PREFIX, bytes((203, 0, 113, 9)), 5000, 1)
 NATIVE = bytes.fromhex("20010db8ffff") + bytes(9) + b"\x02"
+HOST_V4 = bytes((10, 0, 0, 5))  # a second address of the router's host
+HOST_ADDR = addr.encode(PREFIX, HOST_V4, 5353, 1)  # never sent to
 
 
 def seeds() -> list[bytes]:
@@ -52,6 +54,11 @@ def seeds() -> list[bytes]:
         echo(NATIVE, PEER_ADDR), echo(PEER_ADDR, icmp6.ALL_NODES),
         icmp6.ipv6_packet(PEER_ADDR, NATIVE, 17, b"\x30\x39\x00\x35\x00\x0c\x00\x00abcd", 64),
         icmp6.ipv6_packet(PEER_ADDR, NATIVE, 6, bytes(20), 64),
+        # native packets, as the kernel routes them into the TUN
+        icmp6.ipv6_packet(NATIVE, PEER_ADDR, 17, b"\x00\x35\x30\x39\x00\x0c\x00\x00abcd", 63),
+        icmp6.ipv6_packet(NATIVE, OTHER_ADDR, 6, bytes(20), 63),
+        icmp6.ipv6_packet(NATIVE, HOST_ADDR, 17, b"\x00\x35\x14\xe9\x00\x0c\x00\x00abcd", 63),
+        icmp6.ipv6_packet(PEER_ADDR, HOST_ADDR, 17, b"\x00\x35\x14\xe9\x00\x0c\x00\x00abcd", 63),
     ]
     packets += [icmp6.icmp6_packet(PEER_ADDR, NATIVE, kind, 0, bytes(20)) for kind in range(0, 256, 7)]
     return packets
@@ -110,8 +117,10 @@ def targets() -> list[Target]:
     peer.on_tick(0.0)  # the first RS
     lease = icmp6.router_advert(icmp6.ALL_NODES, [icmp6.PrefixInfo(PEER_PREFIX114, 114)])
     assert peer.from_udp(bytearray(lease), ROUTER, 0.0)[0] == DROP and peer.lease is not None
+    router = RouterCore(RouterConfig(PREFIX, ROUTER_V4))
+    router.set_host_ipv4s([HOST_V4])
     return [
-        Target("router", RouterCore(RouterConfig(PREFIX, ROUTER_V4)), PEER, good_out),
+        Target("router", router, PEER, good_out),
         Target("peer", peer, ROUTER, good_in, setup=lease),
     ]
 

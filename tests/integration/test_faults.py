@@ -1,5 +1,6 @@
 """Faults under a running tunnel: the router killed mid-transfer and restarted,
-devices deleted under the daemons, the router unreachable for a long time.
+devices deleted under the daemons or set down and up again, the router
+unreachable for a long time.
 
 Each test on the shared topology leaves the router running for the next one (the
 `router` fixture restarts it when a test has stopped it); tests that delete an
@@ -20,6 +21,7 @@ import pytest
 
 from sixbed4.core.peer import RS_BACKOFF
 from tests.integration import topology
+from tests.integration.sixclient import SixClient
 from tests.integration.test_peer import (  # noqa: F401 - peers is a fixture
     KEEPALIVE, address, launch_peer, peers, ping, wait_for_address,
 )
@@ -178,6 +180,82 @@ def test_deleted_device_makes_the_daemon_log_it_and_exit_1(daemon, device):
         errors = [line for line in lab.log(log_name).splitlines() if " ERROR " in line]
         assert len(errors) == 1 and f"{what} was deleted" in errors[0] and errors[0].endswith("exiting"), errors
         assert not lab.has_link(ns, "6bed4")
+
+
+def counters_at_exit(log: str) -> dict[str, int]:
+    """The counters a daemon logs when it stops (only those that are not 0)."""
+    line = [line for line in log.splitlines() if " counters: " in line][-1]
+    return {key: int(value) for key, value in (item.split("=") for item in line.split(" counters: ")[1].split())}
+
+
+def set_down_and_up(lab: Lab, ns: str, proc, while_down) -> float:
+    """`ip link set 6bed4 down` under a running daemon, `while_down()`, then up again.
+
+    Checks the daemon's log (one line when down, one when up again) and that it
+    keeps running without spinning; returns the CPU seconds it used while down.
+    """
+    lab.sh(ns, "ip link set 6bed4 down")
+    lab.wait_for(lambda: "the TUN device 6bed4 is down" in proc.log_path.read_text(), EXIT_LIMIT, "the log line")
+    cpu_before = cpu_seconds(proc.pid)
+    while_down()
+    cpu = cpu_seconds(proc.pid) - cpu_before
+    assert proc.poll() is None, proc.log_path.read_text()
+    lab.sh(ns, "ip link set 6bed4 up")
+    lab.wait_for(lambda: "the TUN device 6bed4 is up again" in proc.log_path.read_text(), EXIT_LIMIT, "the log line")
+    log = proc.log_path.read_text()
+    assert log.count("is down (not deleted)") == 1 and log.count("6bed4 is up again") == 1, log
+    assert " ERROR " not in log, log
+    return cpu
+
+
+def test_router_tun_set_down_drops_counted_serves_on_and_resumes_when_up(net, router, peers):  # noqa: F811
+    """Down: packets for the TUN counted as tun_down; RS/RA and relays between peers work; up: all back."""
+    lab = net.lab
+    one, two = net.clients["cl1"], net.clients["cl2"]
+    peers("cl1", "-r")
+    peers("cl2", "-r")
+    other = address(lab, two.ns)
+    assert ping(lab, one.ns, topology.INET6)
+    configuration = lab.sh(net.router, "ip -6 addr show dev 6bed4; ip -6 route show dev 6bed4").stdout
+
+    def while_down() -> None:
+        assert not ping(lab, one.ns, topology.INET6, count=3, wait=1)  # into the down TUN: dropped
+        assert ping(lab, one.ns, other, count=2)  # peer to peer: relayed by the router
+        client = SixClient(lab, two.ns)  # a new peer still gets its RA
+        try:
+            assert client.solicit() is not None
+        finally:
+            client.close()
+
+    cpu = set_down_and_up(lab, net.router, router, while_down)
+    print(f"router CPU while down: {cpu:.2f}s")
+    assert cpu <= CPU_LIMIT
+    lab.wait_for(lambda: ping(lab, one.ns, topology.INET6, wait=1), RESUME_LIMIT + 2, "ping after up")
+    assert lab.sh(net.router, "ip -6 addr show dev 6bed4; ip -6 route show dev 6bed4").stdout == configuration
+    assert Lab.stop(router) == 0
+    assert counters_at_exit(router.log_path.read_text())["drop_tun_down"] >= 3
+
+
+def test_peer_tun_set_down_drops_counted_and_resumes_with_its_lease_when_up(net, router, peers):  # noqa: F811
+    lab, client = net.lab, net.clients["cl1"]
+    proc = peers("cl1", "-r")
+    mine = address(lab, client.ns)
+    assert ping(lab, net.inet, mine)
+    routes = lab.sh(client.ns, "ip -6 route show dev 6bed4").stdout
+
+    def while_down() -> None:
+        assert address(lab, client.ns) is None  # the kernel took it away with the down device
+        assert not ping(lab, net.inet, mine, count=3, wait=1)  # reaches the peer, whose TUN is down
+
+    cpu = set_down_and_up(lab, client.ns, proc, while_down)
+    print(f"peer CPU while down: {cpu:.2f}s")
+    assert cpu <= CPU_LIMIT
+    lab.wait_for(lambda: ping(lab, client.ns, topology.INET6, wait=1), RESUME_LIMIT + 2, "ping after up")
+    assert address(lab, client.ns) == mine
+    assert lab.sh(client.ns, "ip -6 route show dev 6bed4").stdout == routes
+    assert ping(lab, net.inet, mine)
+    assert Lab.stop(proc) == 0
+    assert counters_at_exit(proc.log_path.read_text())["drop_tun_down"] >= 3
 
 
 def test_peers_recover_by_themselves_after_the_router_was_unreachable(net, router, peers):  # noqa: F811

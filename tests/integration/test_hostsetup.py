@@ -192,3 +192,90 @@ def test_failed_apply_takes_its_changes_back(seed_a, tmp_path):
     assert failed.stderr.count("\n") == 1
     assert_same(before, s.snapshot())
     assert not state.exists()
+
+
+def without_temporary_addresses(snapshot: dict) -> dict:
+    """`ip -6 addr` without the kernel's temporary (privacy) addresses: each is random, and undo gets new ones."""
+    lines, kept = snapshot["addr"].splitlines(), []
+    for line in lines:
+        if " temporary " in line:
+            continue
+        if line.strip().startswith("valid_lft") and kept and kept[-1] is None:
+            continue
+        kept.append(line)
+    return dict(snapshot, addr="\n".join(line for line in kept if line is not None))
+
+
+def test_mngtmpaddr_address_moves_without_the_flag_and_undo_restores_it(seed_a, tmp_path):
+    """The kernel takes mngtmpaddr only on a /64: the moved /128 goes without it, its temporary addresses
+    go with the /64, undo brings the /64 back with the flag (and the kernel makes temporary addresses again)."""
+    s = seed_a
+    state = str(tmp_path / "host-setup.json")
+    server = seedlab.SERVERS[0]
+    s.lab.sh(s.vm, f"sysctl -qw net.ipv6.conf.eth0.use_tempaddr=2 && ip -6 addr del {server}/64 dev eth0 "
+                   f"&& ip -6 addr add {server}/64 dev eth0 mngtmpaddr")
+    s.lab.wait_for(lambda: " temporary " in s.lab.sh(s.vm, "ip -6 addr show dev eth0").stdout, 5, "a temporary address")
+    before = without_temporary_addresses(s.snapshot())
+
+    applied = host_setup(s, "apply", "--on-uplink", state=state)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert f"ip -6 addr add {server}/128 dev eth0 nodad\n" in applied.stdout and "mngtmpaddr is dropped" in applied.stdout
+    addresses = s.lab.sh(s.vm, "ip -6 addr show dev eth0").stdout
+    assert f"{server}/128 scope global nodad" in addresses
+    assert " temporary " not in addresses and "mngtmpaddr" not in addresses
+    assert s.ping(s.inet, server)
+
+    undone = host_setup(s, "undo", state=state)
+    assert undone.returncode == 0, undone.stderr
+    assert f"{server}/64 scope global mngtmpaddr" in s.lab.sh(s.vm, "ip -6 addr show dev eth0").stdout
+    assert_same(before, without_temporary_addresses(s.snapshot()))
+
+
+def test_uplink_address_shorter_than_64_stays_and_peers_are_reached_beside_it(seed_a, tmp_path):
+    s = seed_a
+    state = str(tmp_path / "host-setup.json")
+    server = seedlab.SERVERS[0]
+    other = seedlab.SERVERS[1]  # added after ::11 again, so that undo, re-adding it, keeps the kernel's order
+    s.lab.sh(s.vm, f"ip -6 addr del {server}/64 dev eth0 && ip -6 addr del {other}/64 dev eth0 "
+                   f"&& ip -6 addr add {server}/48 dev eth0 && ip -6 addr add {other}/64 dev eth0")
+    before = s.snapshot()
+    applied = host_setup(s, "apply", "--on-uplink", state=state)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert f"{server}/48 on eth0 is shorter than /64: it stays" in applied.stdout
+    assert f"{server}/48 scope global" in s.lab.sh(s.vm, "ip -6 addr show dev eth0").stdout
+    assert "2001:db8:9::/48 dev eth0 proto kernel" in s.lab.sh(s.vm, "ip -6 route").stdout
+
+    router = s.start_router()
+    client = s.new_client()
+    try:
+        assert s.internet_pings_client(client), "internet -> client: the router's /64 wins over the /48 on-link"
+        assert s.ping(s.inet, server) and s.ping(s.inet, other)
+    finally:
+        client.close()
+    assert s.lab.stop(router) == 0
+    undone = host_setup(s, "undo", state=state)
+    assert undone.returncode == 0, undone.stderr
+    assert_same(before, s.snapshot())
+
+
+COLLIDING = "2001:db8:9:10:c433:6407:9c40:8001"  # 198.51.100.7 port 40000 lanid 1: a peer's address
+
+
+@pytest.mark.parametrize("condition, setup, message", [
+    ("ipv6 disabled", "sysctl -qw net.ipv6.conf.eth0.disable_ipv6=1", "IPv6 is disabled on eth0"),
+    ("colliding address on lo", f"ip -6 addr add {COLLIDING}/128 dev lo",
+     f"{COLLIDING} is not in port-0 form"),
+])
+def test_refusals_change_nothing_and_say_why(seed_a, tmp_path, condition, setup, message):
+    s = seed_a
+    state = tmp_path / "host-setup.json"
+    s.lab.sh(s.vm, setup)
+    before = s.snapshot()
+    for verb in ("plan", "apply"):
+        refused = host_setup(s, verb, "--on-uplink", state=str(state))
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert f"# REFUSED: {message}" in refused.stdout
+        assert refused.stderr.startswith(f"6bed4 host-setup: refused, nothing changed: {message}")
+        assert refused.stderr.count("\n") == 1
+    assert_same(before, s.snapshot())
+    assert not state.exists()

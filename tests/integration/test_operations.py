@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 
 import pytest
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
@@ -87,3 +88,35 @@ def test_runs_as_unprivileged_user_and_keeps_forwarding(net):
         client.close()
         assert Lab.stop(proc) == 0
     assert not net.lab.has_link(net.router, "6bed4")
+
+
+def test_a_route_for_the_prefix_in_the_way_is_a_clear_error_at_start(net):
+    """Another route for the /64 with the metric the router's would have: the kernel says "exists", and
+    the router would serve a /64 that is not routed to it; it says so and exits 2, leaving nothing."""
+    net.lab.sh(net.router, f"ip -6 route add {topology.PREFIX} dev up6 metric 1024")
+    proc = net.lab.python(net.router, "sixbed4.router.cli", "-l", topology.ROUTER_V4, "-L", topology.PREFIX,
+                          name="in-the-way")
+    try:
+        assert proc.wait(10) == 2
+        output = net.lab.log("in-the-way").strip()
+        assert len(output.splitlines()) == 1, output
+        assert f"adding route {topology.PREFIX} via 6bed4: another route for {topology.PREFIX} with metric 1024 " \
+               "is in the way" in output
+        assert not net.lab.has_link(net.router, "6bed4")
+    finally:
+        Lab.stop(proc)
+        net.lab.sh(net.router, f"ip -6 route del {topology.PREFIX} dev up6 metric 1024")
+
+
+def test_restart_on_an_existing_device_after_sigkill_takes_its_own_route_as_it_is(net):
+    """-d: SIGKILL leaves the router's address and /64 route on the device; they are not in the way."""
+    lab = net.lab
+    lab.sh(net.router, "ip tuntap add dev tunr mode tun")
+    try:
+        first = net.start_router("-d", "tunr", name="on-tunr")
+        assert Lab.stop(first, signal.SIGKILL) == -signal.SIGKILL
+        assert f"{topology.PREFIX} proto static metric 1024" in lab.sh(net.router, "ip -6 route show dev tunr").stdout
+        again = net.start_router("-d", "tunr", name="on-tunr-again")  # fails the test if it cannot start
+        assert Lab.stop(again) == 0
+    finally:
+        lab.sh(net.router, "ip link del tunr", check=False)

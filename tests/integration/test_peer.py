@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from scapy.layers.inet6 import ICMPv6ND_RA, ICMPv6NDOptPrefixInfo, IPv6
 
 from sixbed4.core import addr
 from tests.integration import topology
@@ -317,3 +320,69 @@ def test_existing_tun_device_is_used_and_left_in_place(net, peers):
         assert lab.sh(ns, "cat /proc/sys/net/ipv6/conf/tunx/accept_ra").stdout.strip() == "1"  # restored
     finally:
         lab.sh(ns, "ip link del tunx", check=False)
+
+
+@contextlib.contextmanager
+def fake_router(lab: Lab, ns: str, routes: list[tuple[str, int]]):
+    """Answers every RS on ROUTER_V4:25790 with an RA built by scapy: the peer's /114 and these route PIOs."""
+    sock = lab.socket(ns)
+    sock.bind((topology.ROUTER_V4, addr.PORT_6BED4))
+    sock.settimeout(0.1)
+    prefix64 = ipaddress.IPv6Network(topology.PREFIX).network_address.packed[:8]
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                data, origin = sock.recvfrom(2048)
+            except socket.timeout:
+                continue
+            if len(data) < 41 or data[6] != 58 or data[40] != 133:  # keepalives and anything but an RS
+                continue
+            mine = addr.encode(prefix64, socket.inet_aton(origin[0]), origin[1])
+            advert = IPv6(src="fe80::", dst="ff02::1", hlim=255) / ICMPv6ND_RA(routerlifetime=0) / \
+                ICMPv6NDOptPrefixInfo(prefixlen=114, L=1, A=1, prefix=addr.format_address(mine))
+            for prefix, length in routes:
+                advert = advert / ICMPv6NDOptPrefixInfo(prefixlen=length, L=0, A=0, prefix=prefix)
+            sock.sendto(bytes(advert), origin)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+        sock.close()
+
+
+def test_routes_the_kernel_refuses_are_retried_and_an_announced_default_route_is_not_installed(tmp_path):
+    """A router announces ::/0 and two /48s; a route of the operator's is in the way of one of them."""
+    with Lab("pr") as lab:
+        topo = topology.build(lab, ("mob",))
+        ns = topo.clients["mob"].ns
+        lab.sh(ns, "ip -6 route add blackhole 2001:db8:c::/48 metric 1052")  # the kernel: "File exists"
+        hook, record = make_hook(tmp_path)
+        with fake_router(lab, topo.router, [("::", 0), ("2001:db8:c::", 48), ("2001:db8:d::", 48)]):
+            proc = launch_peer(topo, "mob", "-x", hook, "-k", "2", name="peer")
+            mine = wait_for_address(topo, "mob", proc)
+            routes = lambda: lab.sh(ns, "ip -6 route show dev 6bed4").stdout  # noqa: E731
+            lab.wait_for(lambda: "2001:db8:d::/48 via fe80::" in routes(), 5, "the route that can be installed")
+            assert lab.sh(ns, "ip -6 route show default").stdout == ""  # no -r: no default route
+            assert "2001:db8:c::/48" not in routes()
+            lab.wait_for(lambda: len(calls(record)) == 3, 5, "the hook")
+            router = lanid_address(mine, 0)
+            assert calls(record)[1:] == [f"{proc.pid} add-route-offer 2001:db8:c:: 48 {router}",
+                                         f"{proc.pid} add-route-offer 2001:db8:d:: 48 {router}"]
+
+            lab.sh(ns, "ip -6 route del blackhole 2001:db8:c::/48 metric 1052")  # out of the way
+            lab.wait_for(lambda: "2001:db8:c::/48 via fe80::" in routes(), 2 + 3, "the refused route, retried")
+            log = lab.log("peer")
+            assert log.count("ignoring route ::/0") == 1 and "only -r makes the tunnel the default route" in log
+            refused = [line for line in log.splitlines() if "route 2001:db8:c::/48" in line]
+            assert len(refused) == 2, refused  # refused (once, though tried at each keepalive), then in place
+            assert " WARNING " in refused[0] and "is in the way" in refused[0] and "trying again" in refused[0]
+            assert refused[1].endswith("route 2001:db8:c::/48 is in place now")
+            assert proc.poll() is None
+            assert Lab.stop(proc) == 0
+        assert not lab.has_link(ns, "6bed4") and "2001:db8:" not in lab.sh(ns, "ip -6 route").stdout

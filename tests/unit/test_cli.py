@@ -13,6 +13,7 @@ import pytest
 from sixbed4 import cli, cliutil
 from sixbed4.core import addr, icmp6
 from sixbed4.core.router import MasqRule
+from sixbed4.peer import cli as peer_cli
 from sixbed4.router import cli as router_cli
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -144,6 +145,7 @@ def test_addr_usage_errors(capsys, argv):
         (["-l", "192.0.2.1", "-R", "2001::/8"], ["-R"]),
         (["-l", "192.0.2.1", "-R", "2001:db8::/12"], ["-R"]),
         (["-l", "192.0.2.1", "-x", "0"], ["-x"]),
+        (["-l", "192.0.2.1", *[f"-R2001:db8:{n + 1:x}::/48" for n in range(37)]], ["-R", "at most 36"]),
         (["-l", "192.0.2.1", "--port", "99999"], ["--port"]),
         (["-l", "192.0.2.1", "--bind", "1.2.3"], ["--bind"]),
         (["-l", "192.0.2.1", "-m", "nonsense", "-t", "22"], ["nonsense"]),
@@ -259,3 +261,11 @@ def test_masquerade_rules_default_host():
     assert router_cli.masquerade_rules([("udp", "53", "-u")], router) == (MasqRule(icmp6.PROTO_UDP, 53, 53, router),)
     with pytest.raises(addr.AddressError, match="^-m 'not-v6' is not an IPv6 address$"):
         router_cli.masquerade_rules([("host", "not-v6", "-m"), ("tcp", "22", "-t")], router)
+
+
+@pytest.mark.parametrize("port", ["25790", "4000"])
+def test_peer_refuses_a_routers_port_as_its_own(capsys, port):
+    """A router never serves a peer at its service port (RFC 6324 loops run through it)."""
+    assert run_main(peer_cli.main, ["-s", "192.0.2.1", "--router-port", "4000", "-p", port]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("6bed4peer: -p " + port)

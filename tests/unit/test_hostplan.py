@@ -40,6 +40,7 @@ def seed_state(default_proto: int = hostplan.RTPROT_BOOT, forwarding: str = "0",
             "net.ipv6.conf.eth0.accept_ra": "1",
             "net.ipv6.conf.eth0.accept_ra_pinfo": "1",
             "net.ipv6.conf.eth0.mc_forwarding": "0",
+            "net.ipv6.conf.eth0.disable_ipv6": "0",
             "net.ipv6.conf.lo.forwarding": forwarding,
         },
         dummy_available=dummy_available,
@@ -225,6 +226,90 @@ def test_sysctl_keys_cover_every_interfaces_forwarding():
     keys = hostplan.sysctl_keys("eth0", ["lo", "eth0", "6bed4"])
     assert "net.ipv6.conf.6bed4.forwarding" in keys and "net.ipv6.conf.all.forwarding" in keys
     assert len(keys) == len(set(keys))
+
+
+MNGTMPADDR = hostplan.IFA_F_MANAGETEMPADDR | 0x80  # and permanent
+TEMPORARY = Address("eth0", "2001:db8:9:10:fc88:2625:673e:ab59", 64, flags=hostplan.IFA_F_TEMPORARY,
+                    valid=604799, preferred=85872)
+
+
+@pytest.mark.parametrize("placement, moved", [("uplink", "2001:db8:9:10::11/128 dev eth0 nodad"),
+                                              ("dummy", "2001:db8:9:10::11/112 dev dumbo0")])
+def test_mngtmpaddr_is_not_carried_to_the_moved_address_and_its_temporary_addresses_go_with_it(placement, moved):
+    """The kernel takes mngtmpaddr on a /64 only; the temporary addresses made from it vanish with it."""
+    state = seed_state(dummy_available=True)
+    state.addresses = [Address("eth0", "2001:db8:9:10::11", 64, flags=MNGTMPADDR) if a.address.endswith("::11")
+                       else a for a in state.addresses] + [TEMPORARY]
+    plan = hostplan.compute_plan(state, options(placement=placement))
+    assert not plan.errors
+    assert f"ip -6 addr add {moved}" in commands(plan) and "ip -6 addr del 2001:db8:9:10::11/64 dev eth0" in commands(plan)
+    assert not any(TEMPORARY.address in c for c in commands(plan))
+    delete = next(c for c in plan.changes if c.action == "addr_del" and c.args["address"].endswith("::11"))
+    assert delete.args["flags"] == MNGTMPADDR  # undo puts it back as it was
+    notes = "\n".join(plan.notes)
+    assert "2001:db8:9:10::11: mngtmpaddr is dropped" in notes and "only on a /64" in notes
+    assert f"{TEMPORARY.address}/64 on eth0 is a temporary address made from 2001:db8:9:10::11" in notes
+
+
+def test_a_temporary_address_without_its_mngtmpaddr_base_is_not_taken_for_one():
+    """SLAAC's privacy addresses have no base in the /64 that the plan removes: they are the host's, and collide."""
+    plan = hostplan.compute_plan(seed_state(extra_addresses=[TEMPORARY]), options(placement="uplink"))
+    assert len(plan.errors) == 1 and TEMPORARY.address in plan.errors[0]
+
+
+def test_an_uplink_with_ipv6_disabled_is_refused():
+    state = seed_state()
+    state.sysctls["net.ipv6.conf.eth0.disable_ipv6"] = "1"
+    plan = hostplan.compute_plan(state, options(placement="uplink"))
+    assert plan.errors == ["IPv6 is disabled on eth0 (net.ipv6.conf.eth0.disable_ipv6 = 1): the router's native "
+                           "IPv6 goes through it; enable it (sysctl -w net.ipv6.conf.eth0.disable_ipv6=0), check "
+                           "the addresses it gets, and plan again"]
+    assert "REFUSED: IPv6 is disabled on eth0" in plan.render(options(placement="uplink"))
+    del state.sysctls["net.ipv6.conf.all.forwarding"]  # no net.ipv6 at all: booted with ipv6.disable=1
+    with pytest.raises(hostplan.PlanError, match="this kernel has no IPv6"):
+        hostplan.compute_plan(state, options(placement="uplink"))
+    assert "net.ipv6.conf.eth0.disable_ipv6" in hostplan.sysctl_keys("eth0", ["eth0"])
+
+
+def test_an_uplink_address_shorter_than_64_stays_where_it_is():
+    """Its on-link route is less specific than the router's /64, so it takes nothing from the peers;
+    removing it would take the rest of its prefix off the link."""
+    state = seed_state()
+    state.addresses = [Address("eth0", "2001:db8:9:10::11", 48, flags=0x80) if a.address.endswith("::11")
+                       else a for a in state.addresses]
+    state.routes.append(Route("2001:db8:9::", 48, "eth0", proto=hostplan.RTPROT_KERNEL, metric=256))
+    plan = hostplan.compute_plan(state, options(placement="uplink"))
+    assert not any("::11" in c or "2001:db8:9::" in c for c in commands(plan))
+    assert "ip -6 addr del 2001:db8:9:10::30/64 dev eth0" in commands(plan)
+    assert any("2001:db8:9:10::11/48 on eth0 is shorter than /64" in n and "stays" in n for n in plan.notes)
+    state.addresses = [a for a in state.addresses if not a.address.endswith("::11")]
+    state.addresses.append(Address("eth0", "2001:db8:9:10::2:11", 48))  # not in port-0 form: still the host's
+    assert len(hostplan.compute_plan(state, options(placement="uplink")).errors) == 1
+
+
+COLLIDING = "2001:db8:9:10:c433:6407:9c40:8001"  # 198.51.100.7 port 40000 lanid 1: a peer's address
+
+
+@pytest.mark.parametrize("where", [Address("lo", COLLIDING, 128), Address("eth0", COLLIDING, 128),
+                                   Address("dumbo0", COLLIDING, 112)])
+def test_an_address_not_in_port0_form_already_off_the_64_is_refused_too(where):
+    state = seed_state(extra_addresses=[where])
+    state.links["dumbo0"] = Link("dumbo0", 3, "dummy")
+    plan = hostplan.compute_plan(state, options(placement="uplink"))
+    assert len(plan.errors) == 1 and COLLIDING in plan.errors[0] and "port 40000" in plan.errors[0]
+    assert not any(COLLIDING in c for c in commands(plan))  # where it is, it stays
+    named = hostplan.compute_plan(state, options(placement="uplink", local=(COLLIDING,)))
+    assert len(named.errors) == 1 and COLLIDING in named.errors[0]
+    forced = hostplan.compute_plan(state, options(placement="uplink", force=True))
+    assert not forced.errors and any(COLLIDING in n and "--force" in n for n in forced.notes)
+
+
+def test_the_running_routers_own_address_on_its_tun_device_is_no_collision():
+    state = after_setup_state("uplink")
+    state.links["6bed4"] = Link("6bed4", 9, "tun")
+    state.addresses.append(Address("6bed4", "2001:db8:9:10:c000:201:64be:0", 128))  # 192.0.2.1 port 25790 lanid 0
+    plan = hostplan.compute_plan(state, options(placement="uplink"))
+    assert not plan.errors and plan.changes == []
 
 
 # --- the command line, without root (errors only) ------------------------------------------

@@ -165,6 +165,29 @@ def test_route_change_keeps_address():
     assert core.readdressed == 0
 
 
+def test_routes_shorter_than_16_multicast_or_link_local_are_not_installed_and_logged_once_per_reason():
+    """Only -r makes the tunnel the default route: an RA's ::/0 (or any route the router's -R could not
+    announce) is left out of the lease, as are routes that would capture multicast or link-local traffic."""
+    core = configured()
+    refused = [("::", 0), ("2000::", 3), ("2001::", 15), ("ff0e::", 16), ("fe80::", 64), ("febf::", 16)]
+    wire = ra(pio(), *(pio(prefix, length, L=0, A=0) for prefix, length in refused),
+              pio("2001:db8:77::", 48, L=0, A=0), pio("2001:db8:78::1", 128, L=0, A=0), pio("2001::", 16, L=0, A=0))
+    for now in (1.0, 2.0):
+        core.from_udp(bytearray(wire), ROUTER, now)
+    found = events(core, 2.0)
+    (change,) = [e for e in found if isinstance(e, Configure)]
+    assert change.lease.routes == ((packed("2001::"), 16), (packed("2001:db8:77::"), 48),
+                                   (packed("2001:db8:78::1"), 128))
+    notices = [e.message for e in found if isinstance(e, Notice)]
+    assert len(notices) == 3 and all(e.level == logging.WARNING for e in found if isinstance(e, Notice))
+    assert "route ::/0" in notices[0] and "only -r" in notices[0]
+    assert "ff0e::/16" in notices[1] and "multicast" in notices[1]
+    assert "fe80::/64" in notices[2] and "link-local" in notices[2]
+    core.from_udp(ra(pio(), pio("::", 0, L=0, A=0)), ROUTER, 3.0)  # once per reason, not per RA
+    assert not events(core, 3.0, Notice)
+    assert core.ra_received == 4  # the rest of each RA is used (the first configured the peer)
+
+
 @pytest.mark.parametrize(
     "wire, reason",
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import random
 
 import pytest
 from scapy.layers.inet6 import (
@@ -16,7 +17,7 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import Ether
 
 from sixbed4.core import addr, proxynd
-from sixbed4.core.ratelimit import KeyedLimiter
+from sixbed4.core.ratelimit import Budget, Rate
 from sixbed4.core.stats import DROP_REASONS
 
 PREFIX = ipaddress.IPv6Address("2001:db8:9:10::").packed[:8]
@@ -27,6 +28,7 @@ UPSTREAM_LL = "fe80::aabb:ccff:fedd:eeff"
 PEER = "2001:db8:9:10:c433:6407:9c40:8001"  # 198.51.100.7:40000 lanid 1
 ROUTER = "2001:db8:9:10:c000:201:64be:0"
 OWN = "2001:db8:9:10::11"  # moved to lo / a dummy interface
+UPSTREAM_HOST_MAC = "02:00:00:00:00:77"  # another host on the uplink's link
 ON_UPLINK = "2001:db8:9:10::30"  # /128 on the uplink: the kernel answers
 
 
@@ -44,7 +46,8 @@ def snma_mac(target: str) -> str:
 
 @pytest.fixture
 def core():
-    config = proxynd.ProxyConfig(PREFIX, proxynd.parse_mac(MAC), v6(LINK_LOCAL), frozenset({v6(OWN)}),
+    # the router's own address sits on its TUN device: one of the host's own addresses off the uplink
+    config = proxynd.ProxyConfig(PREFIX, proxynd.parse_mac(MAC), v6(LINK_LOCAL), frozenset({v6(OWN), v6(ROUTER)}),
                                  frozenset({v6(ON_UPLINK)}))
     return proxynd.ProxyCore(config)
 
@@ -85,8 +88,9 @@ def test_peer_address_answered_with_uplink_mac_and_proxy_flags(core):
     assert core.counters.na_sent == 1 and core.counters.ns_received == 1
 
 
-def test_router_address_answered(core):
-    assert answer(core, ns_frame(ROUTER))[ICMPv6ND_NA].tgt == ROUTER
+def test_router_address_answered_as_own(core):
+    reply = answer(core, ns_frame(ROUTER))
+    assert reply[ICMPv6ND_NA].tgt == ROUTER and flags(reply) == (1, 1, 1)
 
 
 def test_own_moved_address_answered_with_override(core):
@@ -100,10 +104,63 @@ def test_unicast_nud_probe_without_slla_goes_to_frame_source(core):
     assert reply.dst == UPSTREAM_MAC and reply[IPv6].dst == UPSTREAM_LL
 
 
-def test_dad_probe_answered_to_all_nodes_unsolicited(core):
-    reply = answer(core, ns_frame(PEER, src="::", slla=None))
+def test_dad_probe_for_a_peer_address_never_answered(core):
+    """Another host is about to take the address: the proxy lets it, and from then on leaves it to that host."""
+    assert core.handle_frame(ns_frame(PEER, src="::", slla=None), 1.0) is None
+    assert core.counters.drops["proxy_dad"] == 1
+    assert core.handle_frame(ns_frame(PEER), 2.0) is None
+    assert core.counters.drops["proxy_claimed"] == 1
+    assert core.counters.na_sent == 0
+
+
+def test_dad_probe_for_an_own_address_is_defended_unsolicited(core):
+    """The host's own (moved) addresses are the host's: answered as their owner would, to all nodes."""
+    reply = answer(core, ns_frame(OWN, src="::", slla=None))
     assert reply.dst == "33:33:00:00:00:01" and reply[IPv6].dst == "ff02::1"
-    assert flags(reply) == (1, 0, 0)
+    assert flags(reply) == (1, 0, 1)
+
+
+def test_address_resolution_from_an_address_claims_it(core):
+    """An NS from a global source tells that its sender owns the source address."""
+    host_address = addr.format_address(addr.encode(PREFIX, bytes((198, 51, 100, 8)), 40000, 1))
+    assert core.handle_frame(ns_frame(PEER, src=host_address, slla=UPSTREAM_HOST_MAC), 1.0) is not None
+    assert core.handle_frame(ns_frame(host_address), 2.0) is None
+    assert core.counters.drops["proxy_claimed"] == 1
+
+
+def test_advertisement_from_another_host_claims_its_target(core):
+    na = bytes(Ether(src=UPSTREAM_HOST_MAC, dst="33:33:00:00:00:01")
+               / IPv6(src="fe80::77", dst="ff02::1", hlim=255) / ICMPv6ND_NA(tgt=PEER, R=0, S=0, O=1))
+    assert core.handle_frame(na, 1.0) is None
+    assert core.counters.drops["proxy_na"] == 1
+    assert core.handle_frame(ns_frame(PEER), 2.0) is None
+    assert core.counters.drops["proxy_claimed"] == 1
+    # an own address stays the host's whatever others say
+    na_own = bytes(Ether(src=UPSTREAM_HOST_MAC, dst="33:33:00:00:00:01")
+                   / IPv6(src="fe80::77", dst="ff02::1", hlim=255) / ICMPv6ND_NA(tgt=OWN, R=0, S=0, O=1))
+    core.handle_frame(na_own, 3.0)
+    assert answer(core, ns_frame(OWN), 4.0)[ICMPv6ND_NA].tgt == OWN
+
+
+def test_claims_are_bounded_oldest_forgotten_first(core):
+    for n in range(proxynd.CLAIMS_LIMIT + 1):
+        target = addr.format_address(addr.encode(PREFIX, bytes((198, 51, 100, 9)), 1024 + n, 1))
+        core.handle_frame(ns_frame(target, src="::", slla=None), 1.0)
+    assert len(core.claimed) == proxynd.CLAIMS_LIMIT
+    first = addr.format_address(addr.encode(PREFIX, bytes((198, 51, 100, 9)), 1024, 1))
+    assert core.handle_frame(ns_frame(first), 2.0) is not None  # forgotten: a peer's address again
+
+
+def test_upstream_addresses_are_mostly_never_claimable():
+    """EUI-64 identifiers never look like a 6bed4 peer; random ones only when byte 8's low bits are 0."""
+    rng = random.Random(6324)
+    config = proxynd.ProxyConfig(PREFIX, proxynd.parse_mac(MAC))
+    eui64 = [PREFIX + bytes((rng.randrange(256) | 0x02,)) + rng.randbytes(2) + b"\xff\xfe" + rng.randbytes(3)
+             for _ in range(1000)]
+    assert all(proxynd.classify(config, target) != proxynd.PEER for target in eui64)
+    randoms = [PREFIX + rng.randbytes(8) for _ in range(4000)]
+    answered = sum(proxynd.classify(config, target) == proxynd.PEER for target in randoms)
+    assert answered < 0.27 * len(randoms)  # 1/4 canonical, less the forbidden IPv4s and ports
 
 
 def test_no_link_local_known_answers_from_target():
@@ -118,6 +175,9 @@ def test_no_link_local_known_answers_from_target():
     (ON_UPLINK, "proxy_kernel_answers"),
     ("2001:db8:9:10::99", "proxy_port0"),  # port 0, not the host's
     ("2001:db8:9:10::1:99", "proxy_forbidden"),  # port 1 at 0.0.0.0
+    ("2001:db8:9:10:c000:202:64be:1", "proxy_forbidden"),  # port 25790: another 6bed4 router, never a peer
+    ("2001:db8:9:10:c233:6407:9c40:8001", "proxy_forbidden"),  # U/L bit set: not a 6bed4 identifier
+    ("2001:db8:9:10:c133:6407:9c40:8001", "proxy_forbidden"),  # I/G bit set
     (addr.format_address(addr.encode(PREFIX, bytes((127, 0, 0, 1)), 5000, 1)), "proxy_forbidden"),
     (addr.format_address(addr.encode(PREFIX, bytes((224, 0, 0, 9)), 5000, 1)), "proxy_forbidden"),
     (addr.format_address(addr.encode(PREFIX, bytes((255, 255, 255, 255)), 5000, 1)), "proxy_forbidden"),
@@ -162,7 +222,8 @@ def test_frames_that_are_not_ns(core):
     short = ns_frame(PEER)[:50]
     for frame in (na, arp_like, short, b""):
         assert core.handle_frame(frame, 1.0) is None
-    assert core.counters.drops["proxy_not_ns"] == 4
+    assert core.counters.drops["proxy_na"] == 1
+    assert core.counters.drops["proxy_not_ns"] == 3
 
 
 def test_frames_for_another_host_or_from_ourselves_ignored(core):
@@ -179,12 +240,13 @@ def test_ethernet_padding_is_ignored(core):
 
 def test_rate_limited_per_target_and_counted():
     config = proxynd.ProxyConfig(PREFIX, proxynd.parse_mac(MAC), v6(LINK_LOCAL))
-    core = proxynd.ProxyCore(config, limiter=KeyedLimiter(1.0, 3.0, 1000.0, 1000.0))
+    core = proxynd.ProxyCore(config, limiter=Budget(Rate(1000.0, 1000.0), Rate(1.0, 3.0)))
     answers = [core.handle_frame(ns_frame(PEER), 10.0) for _ in range(10)]
     assert sum(a is not None for a in answers) == 3
     assert core.counters.drops["rate_limited"] == 7
     # another target has its own bucket; time refills the first
-    assert core.handle_frame(ns_frame(ROUTER), 10.0) is not None
+    other_peer = addr.format_address(addr.encode(PREFIX, bytes((203, 0, 113, 9)), 50001, 1))
+    assert core.handle_frame(ns_frame(other_peer), 10.0) is not None
     assert core.handle_frame(ns_frame(PEER), 12.0) is not None
 
 
@@ -223,7 +285,7 @@ def test_solicited_node_and_mac_helpers():
 
 
 def test_if_inet6_parsing(tmp_path):
-    from sixbed4.hostsetup.proxy import read_if_inet6
+    from sixbed4.io.proxynd import read_if_inet6
 
     table = tmp_path / "if_inet6"
     table.write_text(

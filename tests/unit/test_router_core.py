@@ -33,6 +33,7 @@ from scapy.layers.inet6 import (
 from scapy.packet import Raw
 
 from sixbed4.core import addr, icmp6
+from sixbed4.core.ratelimit import Rate
 from sixbed4.core.router import DROP, REPLY, SEND, TUN, Limits, MasqRule, RouterConfig, RouterCore
 from sixbed4.core.stats import DROP_REASONS
 
@@ -270,16 +271,38 @@ def test_rs_from_unanswerable_endpoint(core, origin):
 
 
 def test_rs_rate_limited_per_source(core):
-    burst = int(Limits().ra_per_source_burst)
+    burst = int(Limits().ra_per_endpoint.burst)
     for _ in range(burst):
         assert core.from_udp(c_peer_rs(), A, NOW)[0] == REPLY
     assert core.from_udp(c_peer_rs(), A, NOW)[0] == DROP
     only_drop(core, "rate_limited")
-    # another source is not affected (pick one that does not share A's hash slot)
-    other = next(o for o in [B, ("203.0.113.10", 1), ("203.0.113.11", 2)]
-                 if hash(o) % core._ra_limit.slots != hash(A) % core._ra_limit.slots)
-    assert core.from_udp(c_peer_rs(), other, NOW)[0] == REPLY
+    # another source is not affected (the buckets are keyed through hash(): B's differ from A's here)
+    assert core.from_udp(c_peer_rs(), B, NOW)[0] == REPLY
     assert core.from_udp(c_peer_rs(), A, NOW + 5)[0] == REPLY  # tokens come back
+
+
+def test_rs_flood_rotating_ports_gets_one_ipv4_share_and_a_real_peer_its_ra(core):
+    """One host, a new source port per RS, for 10 s: it gets its IPv4's rate, the real peer all its RAs."""
+    attacker_ra = peer_ra = 0
+    limits = Limits()
+    for tick in range(10_000):  # 1000 RS/s from the attacker
+        now = NOW + tick / 1000
+        attacker_ra += core.from_udp(c_peer_rs(), ("203.0.113.66", 1024 + tick), now)[0] == REPLY
+        if tick % 1000 == 0:  # the real peer asks once a second
+            peer_ra += core.from_udp(c_peer_rs(), A, now)[0] == REPLY
+    assert peer_ra == 10
+    assert attacker_ra <= limits.ra_per_ipv4.burst + 10 * limits.ra_per_ipv4.per_second
+
+
+def test_corrective_ras_aimed_at_one_ipv4_are_bounded(core):
+    """Rotating ports at a victim IPv4 (forged sources) yield no more corrective RAs than that IPv4's share."""
+    sent = 0
+    for port in range(1024, 3024):
+        stale = peer(("203.0.113.66", port + 1))  # an address from "before the NAT rebinding"
+        packet = buf(IPv6(src=stale, dst=B_ADDR) / UDP())
+        sent += core.from_udp(packet, ("203.0.113.66", port), NOW + (port - 1024) / 1000)[0] == REPLY
+    limits = Limits()
+    assert sent <= limits.corrective_per_ipv4.burst + 2 * limits.corrective_per_ipv4.per_second
 
 
 # --- Neighbor Solicitation -> Neighbor Advertisement --------------------------------------
@@ -390,11 +413,13 @@ def test_spoofed_source_in_prefix_is_never_forwarded(core):
         assert [p.prefix for p in pios(IPv6(data))][-1] == A_114
 
 
-@pytest.mark.parametrize("origin", [("0.0.0.0", 40000), ("127.0.0.1", 40000), ("198.51.100.7", 0)])
-def test_data_from_unanswerable_endpoint_dropped(core, origin):
+@pytest.mark.parametrize("origin", [("0.0.0.0", 40000), ("127.0.0.1", 40000), ("198.51.100.7", 0),
+                                    ("203.0.113.50", 25790), (ROUTER_V4, 40000)])
+def test_data_from_an_endpoint_that_is_no_peer_dropped(core, origin):
+    """Port 25790 is a router's, never a peer's (RFC 6324); the router's own host is no peer either."""
     raw = buf(IPv6(src=peer(origin), dst="2001:db8:aaaa::1") / UDP(sport=1, dport=2))
     assert core.from_udp(raw, origin, NOW) == (DROP, None, None)
-    only_drop(core, "bad_source")
+    only_drop(core, "bad_endpoint")
 
 
 def test_nat_rebinding_gets_corrective_ra(core):
@@ -554,7 +579,7 @@ def test_relay_hop_limit_exhausted_gives_time_exceeded(core, hlim):
 
 
 def test_time_exceeded_rate_limited():
-    core = make_core(limits=Limits(icmp_errors=1.0, icmp_errors_burst=2.0))
+    core = make_core(limits=Limits(icmp_errors_per_ipv4=Rate(1.0, 2.0)))
     results = [core.from_udp(buf(IPv6(src=A_ADDR, dst=B_ADDR, hlim=1) / UDP()), A, NOW)[0] for _ in range(4)]
     assert results == [REPLY, REPLY, DROP, DROP]
     assert core.counters.drops["rate_limited"] == 2
@@ -565,7 +590,7 @@ def test_time_exceeded_rate_limited():
 
 def test_time_exceeded_default_rate_limit(core):
     kinds = [core.from_udp(buf(IPv6(src=A_ADDR, dst=B_ADDR, hlim=1) / UDP()), A, NOW)[0] for _ in range(500)]
-    assert kinds.count(REPLY) <= Limits().icmp_errors_burst
+    assert kinds.count(REPLY) <= Limits().icmp_errors_per_ipv4.burst
     assert kinds.count(REPLY) >= 1
     assert core.counters.drops["rate_limited"] == kinds.count(DROP)
 
@@ -743,8 +768,13 @@ def test_masquerade_udp_checksum_property(sport, data, origin):
         (buf(IPv6(src="2001:db8::1", dst=peer(("127.0.0.1", 4000))) / UDP()), "tun_forbidden"),
         (buf(IPv6(src="2001:db8::1", dst=peer(("224.0.0.1", 4000))) / UDP()), "tun_forbidden"),
         (buf(IPv6(src="2001:db8::1", dst=peer(("255.255.255.255", 4000))) / UDP()), "tun_forbidden"),
-        (buf(IPv6(src="2001:db8::1", dst=ROUTER_GLOBAL) / UDP()), "tun_to_self"),
-        (buf(IPv6(src="2001:db8::1", dst=peer((ROUTER_V4, 25790), 5)) / UDP()), "tun_to_self"),
+        (buf(IPv6(src="2001:db8::1", dst=ROUTER_GLOBAL) / UDP()), "tun_forbidden"),
+        (buf(IPv6(src="2001:db8::1", dst=peer((ROUTER_V4, 25790), 5)) / UDP()), "tun_forbidden"),
+        (buf(IPv6(src="2001:db8::1", dst=peer(("203.0.113.50", 25790))) / UDP()), "tun_forbidden"),  # a router
+        (buf(IPv6(src="2001:db8::1", dst="2001:db8:9:10:c233:6407:9c40:8001") / UDP()), "tun_forbidden"),  # U/L
+        (buf(IPv6(src="2001:db8::1", dst=peer((ROUTER_V4, 5353))) / UDP()), "tun_to_self"),
+        (buf(IPv6(src=B_ADDR, dst=A_ADDR) / UDP()), "tun_spoofed_source"),
+        (buf(IPv6(src=peer(B, 0), dst=A_ADDR) / UDP()), "tun_spoofed_source"),
     ],
 )
 def test_from_tun_dropped(core, raw, reason):
@@ -907,26 +937,3 @@ def test_masquerade_udp_zero_checksum_sent_as_ffff():
     assert IPv6(bytes(back)).src == A_114
     assert bytes(back[46:48]) == b"\xff\xff"
     assert checksum_ok(back)
-
-
-# --- rate limiters (caller-supplied time) -----------------------------------------------------
-
-
-def test_token_bucket():
-    from sixbed4.core.ratelimit import TokenBucket
-
-    bucket = TokenBucket(rate=2.0, burst=3.0)
-    assert [bucket.allow(100.0) for _ in range(4)] == [True, True, True, False]
-    assert bucket.allow(100.4) is False  # 0.8 tokens
-    assert bucket.allow(100.5) is True  # 1.0 token
-    assert [bucket.allow(1000.0) for _ in range(4)] == [True, True, True, False]  # refill capped at the burst
-
-
-def test_keyed_limiter_per_key_and_total():
-    from sixbed4.core.ratelimit import KeyedLimiter
-
-    limiter = KeyedLimiter(rate=1.0, burst=2.0, total_rate=1.0, total_burst=3.0)  # int keys: distinct slots
-    assert [limiter.allow(1, 10.0) for _ in range(3)] == [True, True, False]
-    assert limiter.allow(2, 10.0) is True
-    assert limiter.allow(3, 10.0) is False  # the global bucket is empty
-    assert limiter.allow(3, 11.0) is True

@@ -118,6 +118,25 @@ def is_sendable_ipv4(ipv4) -> bool:
     return a0 != 0 and a0 != 127 and a0 < 224
 
 
+def peer_endpoint(address) -> tuple[bytes, int] | None:
+    """The (IPv4, port) a 6bed4 peer address encodes, or None if no peer can have it.
+
+    Only the interface identifier (bytes 8..15) is read.  None for an identifier
+    that is not in the canonical form (the U/L and I/G bits of byte 8 set: EUI-64
+    and most random identifiers), port 0 (the host's own addresses), port 25790
+    (a 6bed4 router, never a peer: RFC 6324's loop between two routers runs
+    through such addresses), and IPv4 addresses no router may send to.  A router
+    refuses its own host's addresses on top of this (RouterCore).
+    """
+    if address[8] & 0x03:
+        return None
+    port = (address[12] << 8) | address[13]
+    if port == 0 or port == PORT_6BED4:
+        return None
+    ipv4 = bytes(((address[8] & 0xFC) | (address[14] >> 6), address[9], address[10], address[11]))
+    return (ipv4, port) if is_sendable_ipv4(ipv4) else None
+
+
 # --- prefixes (-L, -n) ------------------------------------------------------
 
 

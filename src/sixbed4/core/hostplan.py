@@ -34,6 +34,7 @@ SCOPE_LINK = 253
 SCOPE_HOST = 254
 FOREVER = 0xFFFFFFFF
 
+IFA_F_TEMPORARY = 0x01  # a privacy address the kernel made from a mngtmpaddr (or SLAAC) address
 IFA_F_NODAD = 0x02
 IFA_F_OPTIMISTIC = 0x04
 IFA_F_HOMEADDRESS = 0x10
@@ -247,10 +248,28 @@ def compute_plan(state: HostState, options: Options) -> Plan:
     target = options.target
     plen = options.target_prefixlen
 
+    # --- IPv6 on the uplink -----------------------------------------------------------
+    if "net.ipv6.conf.all.forwarding" not in state.sysctls:
+        raise PlanError("this kernel has no IPv6 (there are no net.ipv6 sysctls: booted with ipv6.disable=1?)")
+    key = f"net.ipv6.conf.{uplink}.disable_ipv6"
+    if state.sysctls.get(key) == "1":
+        plan.errors.append(f"IPv6 is disabled on {uplink} ({key} = 1): the router's native IPv6 goes through it; "
+                           f"enable it (sysctl -w {key}=0), check the addresses it gets, and plan again")
+
     # --- which addresses are the host's own, and where they are -----------------
     in_64 = [a for a in state.addresses if a.scope == SCOPE_GLOBAL and in_prefix(a.packed, prefix)]
-    on_uplink_covering = [a for a in in_64 if a.ifname == uplink and a.prefixlen <= 64]
-    already_off = [a for a in in_64 if not (a.ifname == uplink and a.prefixlen <= 64)]
+    # A /64 on the uplink makes the kernel treat the whole /64 as on-link there: it moves.
+    # A shorter one's on-link route is less specific than the router's /64 route: it stays,
+    # and keeps the rest of its prefix on the link.
+    covering = [a for a in in_64 if a.ifname == uplink and a.prefixlen == 64]
+    shorter = [a for a in in_64 if a.ifname == uplink and a.prefixlen < 64]
+    bases = [a for a in covering if a.flags & IFA_F_MANAGETEMPADDR]
+    # the kernel removes the temporary addresses made from a mngtmpaddr address with it
+    temporary = [a for a in covering if a.flags & IFA_F_TEMPORARY] if bases else []
+    on_uplink_covering = [a for a in covering if a not in temporary]
+    already_off = [a for a in in_64 if a.ifname != uplink or a.prefixlen > 64]
+    # the 6bed4 router's own address (the /64, its IPv4 and port) lives on its TUN device
+    on_tun = [a for a in already_off if getattr(state.links.get(a.ifname), "kind", None) == "tun"]
     extra = []
     for text in options.local:
         try:
@@ -264,7 +283,8 @@ def compute_plan(state: HostState, options: Options) -> Plan:
         if packed not in extra:
             extra.append(packed)
 
-    for a in on_uplink_covering + [Address(target, addr.format_address(p), plen) for p in extra]:
+    own = on_uplink_covering + shorter + [a for a in already_off if a not in on_tun]
+    for a in own + [Address(target, addr.format_address(p), plen) for p in extra]:
         if not is_port0(a.packed):
             message = _collision(a.packed)
             if options.force:
@@ -337,8 +357,15 @@ def compute_plan(state: HostState, options: Options) -> Plan:
                                        "addresses on a down interface are not used"))
 
     # --- move the own addresses -------------------------------------------------------------
+    for a in bases:
+        plan.notes.append(f"{a.address}: mngtmpaddr is dropped where it moves (the kernel takes it only on a /64, "
+                          "and temporary addresses in the /64 would collide with 6bed4 peers); undo puts it back")
+    for a in temporary:
+        plan.notes.append(f"{a.address}/{a.prefixlen} on {uplink} is a temporary address made from "
+                          f"{', '.join(b.address for b in bases)}: the kernel removes it with that /64 "
+                          "(and makes new ones when undo puts it back)")
     for a in on_uplink_covering:
-        new_flags = a.settable_flags & ~IFA_F_NOPREFIXROUTE
+        new_flags = a.settable_flags & ~(IFA_F_NOPREFIXROUTE | IFA_F_MANAGETEMPADDR)
         if target == uplink:
             new_flags |= IFA_F_NODAD  # the host owned it a moment ago: no DAD pause for the servers
         add = Change("addr_add", {"ifname": target, "address": a.address, "prefixlen": plen, "flags": new_flags},
@@ -356,8 +383,15 @@ def compute_plan(state: HostState, options: Options) -> Plan:
                                                 "flags": IFA_F_NODAD if target == uplink else 0},
                                    addr_command("add", text, plen, target, IFA_F_NODAD if target == uplink else 0),
                                    f"--local {text}: serve it as /{plen} on {target}"))
+    for a in shorter:
+        plan.notes.append(f"{a.address}/{a.prefixlen} on {uplink} is shorter than /64: it stays (its on-link route is "
+                          "less specific than the router's /64 route, so it takes no 6bed4 traffic; removing it "
+                          "would take the rest of its prefix off the link)")
     for a in already_off:
-        if a.ifname != uplink:
+        if a in on_tun:
+            plan.notes.append(f"{a.address}/{a.prefixlen} on {a.ifname}, a TUN device: the 6bed4 router's own "
+                              "address, if it runs; left alone")
+        elif a.ifname != uplink:
             plan.notes.append(f"{a.address}/{a.prefixlen} on {a.ifname} is already off the uplink's /64")
         else:
             plan.notes.append(f"{a.address}/{a.prefixlen} on {uplink} is already longer than /64")
@@ -395,6 +429,6 @@ def sysctl_keys(uplink: str, links) -> list[str]:
     """The sysctls host-setup reads: what it may change and what `all.forwarding` changes with it."""
     keys = ["net.ipv6.conf.all.forwarding", "net.ipv6.conf.default.forwarding"]
     keys += [f"net.ipv6.conf.{uplink}.{leaf}" for leaf in
-             ("forwarding", "accept_ra", "accept_ra_pinfo", "mc_forwarding", "proxy_ndp")]
+             ("forwarding", "accept_ra", "accept_ra_pinfo", "mc_forwarding", "proxy_ndp", "disable_ipv6")]
     keys += [f"net.ipv6.conf.{name}.forwarding" for name in links if name != uplink]
     return list(dict.fromkeys(keys))

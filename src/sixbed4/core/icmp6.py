@@ -110,6 +110,8 @@ def icmp6_packet(src: bytes, dst: bytes, icmp_type: int, code: int, body: bytes,
 class PrefixInfo:
     """A Prefix Information option."""
 
+    SIZE = 32  # bytes on the wire (not a field: no annotation)
+
     prefix: bytes  # 16 bytes
     length: int
     flags: int = PIO_ONLINK | PIO_AUTONOMOUS

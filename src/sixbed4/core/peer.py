@@ -41,6 +41,7 @@ RS_BACKOFF = (1.0, 3.0, 7.0, 15.0, 30.0)  # seconds between solicitations until 
 DEFAULT_KEEPALIVE = 30.0
 DEFAULT_KEEPALIVE_TTL = 3
 SILENCE_PERIODS = 3  # keepalive periods without any RA before the log says so
+ROUTE_MIN_LENGTH = 16  # as the router's -R: a shorter route (::/0 above all) is for -r alone to make
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,17 @@ class Unconfigure:
 class Notice:
     level: int  # a logging level
     message: str
+
+
+def route_problem(prefix: bytes, length: int) -> tuple[str, str] | None:
+    """Why the peer does not install a route an RA offers (an L=0 PIO): (kind, explanation), or None."""
+    if length < ROUTE_MIN_LENGTH:
+        return "short", f"shorter than /{ROUTE_MIN_LENGTH}: only -r makes the tunnel the default route"
+    if prefix[0] == 0xFF:
+        return "multicast", "multicast addresses are not routed into the tunnel"
+    if prefix[0] == 0xFE and prefix[1] & 0xC0 == 0x80:
+        return "link-local", "link-local addresses are not routed into the tunnel"
+    return None
 
 
 def _masked(prefix: bytes, length: int) -> bytes:
@@ -202,6 +214,23 @@ class PeerCore:
             self._pending.append(Notice(logging.WARNING, f"ignoring RA from the router: {detail} "
                                                          "(logged once; see the drop counters)"))
 
+    def _routes(self, advert: icmp6.RouterAdvert) -> tuple[tuple[bytes, int], ...]:
+        """The RA's routes (L=0 PIOs) this peer installs; those it refuses are logged once per kind."""
+        routes = set()
+        for pio in advert.routes:
+            if not pio.valid:
+                continue
+            prefix = _masked(pio.prefix, pio.length)
+            problem = route_problem(prefix, pio.length)
+            if problem is None:
+                routes.add((prefix, pio.length))
+            elif f"route {problem[0]}" not in self._logged:  # a bounded set, whatever the RAs hold
+                self._logged.add(f"route {problem[0]}")
+                self._pending.append(Notice(logging.WARNING, f"ignoring route {addr.format_address(prefix)}/"
+                                                             f"{pio.length} in the router's RA: {problem[1]} "
+                                                             "(logged once)"))
+        return tuple(sorted(routes))
+
     def _router_advert(self, packet, now: float) -> None:
         try:
             advert = icmp6.parse_router_advert(packet)
@@ -227,7 +256,7 @@ class PeerCore:
             self._pending.append(Notice(logging.INFO, "the router answers again"))
         # the C peer configures the last /114 it sees; the corrective RA puts the dead one first
         live = [p for p in autoconf if p.valid]
-        routes = tuple(sorted({(_masked(p.prefix, p.length), p.length) for p in advert.routes if p.valid}))
+        routes = self._routes(advert)
         old = self.lease
         if not live:
             dead = {p.prefix for p in autoconf}

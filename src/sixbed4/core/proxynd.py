@@ -4,24 +4,35 @@ When the upstream router treats the host's /64 as on-link, it sends a Neighbor
 Solicitation for every address it wants to reach.  The kernel answers only for
 addresses on the uplink itself, and kernel proxy entries must be listed one
 address at a time (a /64 cannot be listed).  This core answers, from the uplink's
-MAC address, for exactly the addresses the host handles in the /64 that the
-kernel would not answer itself:
+MAC address, for the addresses the host handles in the /64 that the kernel
+would not answer itself:
 
-- 6bed4 peer addresses: port != 0 and a unicast IPv4 address (the router relays
-  them; the kernel routes them into the 6bed4 device);
 - the host's own addresses that are not on the uplink (moved to a dummy
-  interface or lo by `6bed4 host-setup`).
+  interface or lo by `6bed4 host-setup`): OWN, answered like their owner would,
+  Duplicate Address Detection probes included (the host defends them);
+- addresses a 6bed4 peer can have (addr.peer_endpoint: canonical interface
+  identifier, port neither 0 nor 25790, a unicast IPv4 address): PEER, unless
+  another host on the uplink has claimed the address.
 
-Never for addresses outside the /64, port-0 addresses that are not the host's,
-addresses on the uplink (the kernel answers those), or 6bed4 addresses whose
-IPv4 part no router may send to.
+Other hosts share the /64 on an on-link uplink, and their addresses may look
+like peer addresses, so for PEER targets the proxy never takes an address away:
+
+- it never answers a DAD probe (an NS from ::) for them: the prober is about
+  to own the address; the target is remembered as claimed;
+- an NS whose source is in the /64, and any NA from another host, tells the
+  same: that host owns that address; remembered as claimed;
+- claimed addresses are not answered (a bounded table, oldest forgotten first);
+- answers carry O=0: a real owner's NA (O=1) replaces ours in the upstream's
+  neighbour cache, and ours never replaces the owner's (RFC 4861 7.2.5).
+
+EUI-64 identifiers (U/L bit set) and three quarters of random ones are not
+canonical 6bed4 identifiers and are never answered at all.
 
 Flags (RFC 4861 7.2.4, 7.2.8): R=1, because this host forwards the /64 (it is a
 router for it); S=1 when the solicitation came from a unicast address, S=0 for a
-DAD probe (answered to ff02::1); O=0 for proxied 6bed4 peer addresses, so that a
-real owner's advertisement would win over ours, and O=1 for the host's own
-addresses, which it owns.  The NA's source is the uplink's link-local address
-(an address of the sending interface, as the kernel does for its proxy answers).
+DAD probe (answered to ff02::1); O=0 for PEER, O=1 for OWN.  The NA's source is
+the uplink's link-local address (an address of the sending interface, as the
+kernel does for its proxy answers).
 """
 
 from __future__ import annotations
@@ -30,12 +41,13 @@ import struct
 from dataclasses import dataclass
 
 from . import addr, icmp6
-from .ratelimit import KeyedLimiter
+from .ratelimit import Budget, Rate
 from .stats import DROP_REASONS, Counters
 
 ETH_HEADER = 14
 ETH_P_IPV6 = 0x86DD
 ALL_NODES_MAC = bytes.fromhex("333300000001")
+CLAIMS_LIMIT = 4096  # addresses remembered as claimed by other hosts
 SOLICITED_NODE_PREFIX = bytes.fromhex("ff0200000000000000000001ff")  # ff02::1:ff00:0/104
 # what the responder counts (it shares the Counters type with the datapath cores)
 EVENTS = ("ns_received", "na_sent")
@@ -81,7 +93,7 @@ def classify(config: ProxyConfig, target: bytes) -> str:
         return OWN
     if addr.port_of(target) == 0:
         return "proxy_port0"
-    if not addr.is_sendable_ipv4(addr.ipv4_of(target)):
+    if addr.peer_endpoint(target) is None:
         return "proxy_forbidden"
     return PEER
 
@@ -99,12 +111,23 @@ class Answer:
 class ProxyCore:
     """Decide on one NS at a time; count every answer and every drop by reason."""
 
-    def __init__(self, config: ProxyConfig, counters: Counters | None = None, limiter: KeyedLimiter | None = None):
+    def __init__(self, config: ProxyConfig, counters: Counters | None = None, limiter: Budget | None = None):
         self.config = config
         self.counters = counters or Counters()
         # per target 5/s (burst 10): the upstream retries 3 times per second at most;
         # 500/s in total: a scan of the /64 must not turn into a flood from us
-        self.limiter = limiter or KeyedLimiter(5.0, 10.0, 500.0, 200.0)
+        self.limiter = limiter or Budget(Rate(500.0, 200.0), Rate(5.0, 10.0))
+        self.claimed: dict[bytes, None] = {}  # addresses other hosts on the uplink own, oldest first
+
+    def _claim(self, address: bytes) -> None:
+        """Remember that another host owns `address` (only addresses the proxy could take matter)."""
+        if address[:8] != self.config.prefix or address in self.config.own or address in self.config.uplink:
+            return
+        claimed = self.claimed
+        claimed.pop(address, None)
+        if len(claimed) >= CLAIMS_LIMIT:
+            del claimed[next(iter(claimed))]
+        claimed[address] = None
 
     def _drop(self, reason: str) -> None:
         self.counters.drop(reason)
@@ -136,7 +159,11 @@ class ProxyCore:
             return None
         packet = bytes(packet[:length])  # Ethernet may pad short frames
         if packet[6] != icmp6.PROTO_ICMPV6 or packet[icmp6.IPV6_HEADER] != icmp6.NEIGHBOR_SOLICIT:
-            self._drop("proxy_not_ns")
+            if packet[6] == icmp6.PROTO_ICMPV6 and packet[icmp6.IPV6_HEADER] == icmp6.NEIGHBOR_ADVERT:
+                self._drop("proxy_na")
+                self._claim(packet[48:64])  # its target: the advertising host owns it
+            else:
+                self._drop("proxy_not_ns")
             return None
         self.counters.ns_received += 1
         try:
@@ -158,11 +185,19 @@ class ProxyCore:
         if dst != target and dst != solicited_node(target):
             self._drop("proxy_bad_dst")
             return None
+        if not dad:
+            self._claim(src)  # the soliciting host owns its source address
         kind = classify(self.config, target)
+        if kind == PEER:
+            if dad:
+                self._claim(target)
+                kind = "proxy_dad"
+            elif target in self.claimed:
+                kind = "proxy_claimed"
         if kind not in (PEER, OWN):
             self._drop(kind)
             return None
-        if not self.limiter.allow(target, now):
+        if not self.limiter.allow(now, target):
             self._drop("rate_limited")
             return None
         flags = icmp6.NA_ROUTER | (0 if dad else icmp6.NA_SOLICITED) | (icmp6.NA_OVERRIDE if kind == OWN else 0)

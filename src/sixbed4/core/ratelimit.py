@@ -1,57 +1,75 @@
 """Token buckets with caller-supplied time, so the cores stay pure and testable.
 
-`KeyedLimiter` limits per key (e.g. per IPv4:port) in a fixed-size table: keys
-that hash alike share a bucket, so memory does not grow with the number of
-sources an attacker can invent, and a flood from many sources still hits the
-global bucket.
+A `Budget` is what a kind of reply may cost: a rate per peer endpoint
+(IPv4:port), a rate per IPv4 address and a rate in total, each with a burst.
+A reply is allowed only if every level has a token, and only then are tokens
+taken, so a refused reply costs nothing.  The per-IPv4 level is what keeps one
+host from taking the whole budget by rotating its source port, and keeps the
+whole budget from being aimed at one victim address.
+
+Per-key buckets live in fixed-size tables: keys that hash alike share a bucket,
+so memory does not grow with the number of sources an attacker can invent.
 """
 
 from __future__ import annotations
 
-
-class TokenBucket:
-    __slots__ = ("rate", "burst", "tokens", "stamp")
-
-    def __init__(self, rate: float, burst: float):
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = 0.0
-
-    def allow(self, now: float) -> bool:
-        tokens = self.tokens + (now - self.stamp) * self.rate
-        self.stamp = now
-        if tokens > self.burst:
-            tokens = self.burst
-        if tokens < 1.0:
-            self.tokens = tokens
-            return False
-        self.tokens = tokens - 1.0
-        return True
+from dataclasses import dataclass
 
 
-class KeyedLimiter:
-    """At most `rate`/s (burst `burst`) per key and `total_rate`/s overall."""
+@dataclass(frozen=True)
+class Rate:
+    """So many per second, with a burst of so many at once."""
 
-    def __init__(self, rate: float, burst: float, total_rate: float, total_burst: float, slots: int = 4096):
-        self.rate = rate
-        self.burst = burst
+    per_second: float
+    burst: float
+
+
+class _Buckets:
+    """Token buckets for many keys in `slots` slots."""
+
+    __slots__ = ("rate", "burst", "slots", "tokens", "stamps")
+
+    def __init__(self, rate: Rate, slots: int):
+        self.rate = rate.per_second
+        self.burst = rate.burst
         self.slots = slots
-        self._tokens = [burst] * slots
-        self._stamps = [0.0] * slots
-        self.total = TokenBucket(total_rate, total_burst)
+        self.tokens = [rate.burst] * slots
+        self.stamps = [0.0] * slots
 
-    def allow(self, key, now: float) -> bool:
+    def refill(self, key, now: float) -> tuple[int, float]:
+        """The key's slot and its tokens now (the refill is stored; nothing is taken)."""
         slot = hash(key) % self.slots
-        tokens = self._tokens[slot] + (now - self._stamps[slot]) * self.rate
-        self._stamps[slot] = now
+        tokens = self.tokens[slot] + (now - self.stamps[slot]) * self.rate
         if tokens > self.burst:
             tokens = self.burst
+        self.tokens[slot] = tokens
+        self.stamps[slot] = now
+        return slot, tokens
+
+
+class Budget:
+    """Replies of one kind: allowed only if the total and every keyed level have a token.
+
+    `Budget(total, per_endpoint, per_ipv4)` is asked `allow(now, (ipv4, port), ipv4)`:
+    one key per keyed level, in order.  Tokens are taken only when all levels
+    have one.
+    """
+
+    def __init__(self, total: Rate, *per_key: Rate, slots: int = 4096):
+        self._total = _Buckets(total, 1)
+        self._keyed = [_Buckets(rate, slots) for rate in per_key]
+
+    def allow(self, now: float, *keys) -> bool:
+        taken = []
+        for buckets, key in zip(self._keyed, keys):
+            slot, tokens = buckets.refill(key, now)
+            if tokens < 1.0:
+                return False
+            taken.append((buckets, slot, tokens))
+        slot, tokens = self._total.refill(None, now)
         if tokens < 1.0:
-            self._tokens[slot] = tokens
             return False
-        if not self.total.allow(now):
-            self._tokens[slot] = tokens
-            return False
-        self._tokens[slot] = tokens - 1.0
+        taken.append((self._total, slot, tokens))
+        for buckets, slot, tokens in taken:
+            buckets.tokens[slot] = tokens - 1.0
         return True

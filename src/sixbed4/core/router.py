@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass, field
 
 from . import addr, icmp6
-from .ratelimit import KeyedLimiter, TokenBucket
+from .ratelimit import Budget, Rate
 from .stats import Counters
 
 DROP, TUN, SEND, REPLY = 0, 1, 2, 3
@@ -33,7 +33,12 @@ _FE80 = addr.LINK_LOCAL_64
 _FC64 = addr.FC64_PREFIX
 _CACHE_LIMIT = 4096  # bounded: memory must not grow with the number of peers
 _HEADER = struct.Struct("!B3xHBx32s")  # version nibble, payload length, next header, source + destination
-_DESTINATION = struct.Struct("24x16s")
+_TUN_ADDRESSES = struct.Struct("8x8s4x2s2x16s")  # source /64, source port, destination
+_PORT_0 = bytes(2)
+# An RA carries a /114 PIO per peer plus one PIO per -R route; a corrective RA
+# carries two /114 PIOs (the old and the new).  Both must fit the 1280-byte MTU.
+_RA_FIXED = len(icmp6.router_advert(icmp6.ALL_NODES, []))
+MAX_ROUTES = (_MTU - _RA_FIXED) // icmp6.PrefixInfo.SIZE - 2
 
 
 @dataclass(frozen=True)
@@ -48,16 +53,21 @@ class MasqRule:
 
 @dataclass(frozen=True)
 class Limits:
-    """Rate limits (per second, burst): documented defaults, see the README."""
+    """Rate limits of the router's replies; the defaults are documented in the README (Security).
 
-    ra_per_source: float = 1.0
-    ra_per_source_burst: float = 3.0
-    ra_total: float = 200.0
-    ra_total_burst: float = 100.0
-    corrective_per_source: float = 0.2
-    corrective_total: float = 50.0
-    icmp_errors: float = 100.0
-    icmp_errors_burst: float = 50.0
+    Each reply is counted per peer endpoint (IPv4:port), per IPv4 address and in
+    total: one host rotating its source port gets no more than its IPv4's share,
+    and no more than that share can be aimed at one victim address.
+    """
+
+    ra_per_endpoint: Rate = Rate(1.0, 3.0)
+    ra_per_ipv4: Rate = Rate(20.0, 40.0)  # room for many peers behind one carrier-grade NAT address
+    ra_total: Rate = Rate(200.0, 100.0)
+    corrective_per_endpoint: Rate = Rate(0.2, 1.0)
+    corrective_per_ipv4: Rate = Rate(5.0, 10.0)
+    corrective_total: Rate = Rate(50.0, 10.0)
+    icmp_errors_per_ipv4: Rate = Rate(10.0, 10.0)
+    icmp_errors_total: Rate = Rate(100.0, 50.0)
 
 
 @dataclass(frozen=True)
@@ -69,10 +79,22 @@ class RouterConfig:
     masquerade: tuple[MasqRule, ...] = ()
     limits: Limits = field(default_factory=Limits)
 
+    def __post_init__(self):
+        if len(self.routes) > MAX_ROUTES:
+            raise addr.AddressError(
+                f"{len(self.routes)} routes (-R) do not fit in a Router Advertisement: at most {MAX_ROUTES}"
+                f" fit in the {_MTU}-byte MTU together with a corrective RA's two /114 prefixes")
+
     @property
     def address(self) -> bytes:
         """The router's global address: the /64, its IPv4 and port, lanid 0."""
         return addr.encode(self.prefix, self.ipv4, self.port, 0)
+
+    @property
+    def ra_sizes(self) -> tuple[int, int]:
+        """Bytes of an RA and of a corrective RA with these routes (the answer to a 48-byte RS)."""
+        size = _RA_FIXED + icmp6.PrefixInfo.SIZE * (1 + len(self.routes))
+        return size, size + icmp6.PrefixInfo.SIZE
 
 
 def _transport_checksum_offset(packet, proto: int) -> int:
@@ -103,7 +125,14 @@ def rewrite_address(packet, at: int, new: bytes) -> None:
 
 
 class RouterCore:
-    """Stateless 6bed4 router logic; only counters, bounded caches and rate limits inside."""
+    """Stateless 6bed4 router logic; only counters, bounded caches and rate limits inside.
+
+    Where the router may send (PROTOCOL.md section 4, "Never"): only to a *peer
+    endpoint*, an IPv4:port that addr.peer_endpoint() allows, that is not the
+    router's own port, and whose IPv4 address is not one of the router host's
+    own (set_host_ipv4s keeps those current).  Datagrams from anything else are
+    not from a peer (bad_endpoint): they get no reply and are not forwarded.
+    """
 
     def __init__(self, config: RouterConfig, counters: Counters | None = None):
         self.config = config
@@ -112,28 +141,46 @@ class RouterCore:
         self.address = config.address
         self.iid = self.address[8:]
         self.lladdr = addr.lladdr(config.ipv4, config.port)
-        # where the router's own /114 points: never a relay or TUN target (datagrams to itself)
-        self.endpoint = (addr.format_ipv4(config.ipv4), config.port)
+        self._router_ports = frozenset((0, addr.PORT_6BED4, config.port))
+        self.host_ipv4s = frozenset((config.ipv4,))
         self.nd_targets = frozenset((icmp6.LINK_LOCAL_ROUTER, _FE80 + self.iid, self.address))
         self.extra_pios = [icmp6.PrefixInfo(p + bytes(16 - len(p)), n, 0) for p, n in config.routes]
         self._masq_rules = config.masquerade
         self._masq_hosts = frozenset(rule.host for rule in config.masquerade)
         limits = config.limits
-        self._ra_limit = KeyedLimiter(
-            limits.ra_per_source, limits.ra_per_source_burst, limits.ra_total, limits.ra_total_burst
-        )
-        self._corrective_limit = KeyedLimiter(limits.corrective_per_source, 1.0, limits.corrective_total, 10.0)
-        self._icmp_error_limit = TokenBucket(limits.icmp_errors, limits.icmp_errors_burst)
+        self._ra_limit = Budget(limits.ra_total, limits.ra_per_endpoint, limits.ra_per_ipv4)
+        self._corrective_limit = Budget(limits.corrective_total, limits.corrective_per_endpoint,
+                                        limits.corrective_per_ipv4)
+        self._icmp_error_limit = Budget(limits.icmp_errors_total, limits.icmp_errors_per_ipv4)
+        self._forget()
+        self.rate_limit_hits = 0
+
+    def _forget(self) -> None:
+        """Empty the caches (they depend on the host's IPv4 addresses)."""
         self._origin_cache: dict[tuple[str, int], bytes | None] = {}
-        self._target_cache: dict[bytes, tuple[str, int] | None] = {}
+        self._target_cache: dict[bytes, tuple[str, int] | str] = {}
         self._tun_flows: dict[bytes, tuple[str, int]] = {}  # source + destination -> origin
         self._tun_verdicts: dict[bytes, tuple | str] = {}  # destination -> SEND action or drop reason
-        self.rate_limit_hits = 0
+
+    def set_host_ipv4s(self, addresses) -> None:
+        """The IPv4 addresses of the router's host (4 bytes each): never sent to, never a peer.
+
+        The router's own -l address is always among them.  Called again whenever
+        addresses come and go; fresh caches are swapped in whole, so a data path
+        in another thread sees either the old set or the new one.
+        """
+        host = frozenset(bytes(a) for a in addresses) | {self.config.ipv4}
+        if host != self.host_ipv4s:
+            self.host_ipv4s = host
+            self._forget()
 
     # --- helpers -----------------------------------------------------------
 
     def _origin_iid(self, origin: tuple[str, int]) -> bytes | None:
-        """Bytes 8..13 plus the top bits of byte 14 that a packet from `origin` must carry."""
+        """Bytes 8..13 plus the top bits of byte 14 that a packet from `origin` must carry.
+
+        None if `origin` is not a peer endpoint.
+        """
         cache = self._origin_cache
         iid = cache.get(origin, False)
         if iid is False:
@@ -142,20 +189,33 @@ class RouterCore:
                 ipv4 = addr.parse_ipv4(ip)
             except addr.AddressError:
                 ipv4 = None
-            iid = addr.encode(bytes(8), ipv4, port)[8:15] if ipv4 and port and addr.is_sendable_ipv4(ipv4) else None
+            iid = None
+            if ipv4 is not None and 0 < port <= 0xFFFF:
+                address = addr.encode(bytes(8), ipv4, port)
+                if self._target(address).__class__ is tuple:
+                    iid = address[8:15]
             if len(cache) >= _CACHE_LIMIT:
                 cache.clear()
             cache[origin] = iid
         return iid
 
-    def _target(self, iid: bytes) -> tuple[str, int] | None:
-        """The UDP destination that an interface identifier encodes, or None if forbidden."""
+    def _target(self, address: bytes):
+        """The peer endpoint (ip, port) that a 6bed4 address encodes, or why there is none.
+
+        "forbidden": not a peer address (addr.peer_endpoint) or the router's own
+        port; "self": an IPv4 address of the router's own host.
+        """
         cache = self._target_cache
-        target = cache.get(iid, False)
-        if target is False:
-            ipv4 = ((iid[0] & 0xFC) | (iid[6] >> 6), iid[1], iid[2], iid[3])
-            port = (iid[4] << 8) | iid[5]
-            target = None if port == 0 or not addr.is_sendable_ipv4(ipv4) else ("%d.%d.%d.%d" % ipv4, port)
+        iid = address[8:]
+        target = cache.get(iid)
+        if target is None:
+            endpoint = addr.peer_endpoint(address)
+            if endpoint is None or endpoint[1] in self._router_ports:
+                target = "forbidden"
+            elif endpoint[0] in self.host_ipv4s:
+                target = "self"
+            else:
+                target = (addr.format_ipv4(endpoint[0]), endpoint[1])
             if len(cache) >= _CACHE_LIMIT:
                 cache.clear()
             cache[iid] = target
@@ -165,8 +225,8 @@ class RouterCore:
         prefix = self.prefix + origin_iid[:6] + bytes((origin_iid[6] & 0xC0, 0))
         return icmp6.PrefixInfo(prefix, 114, icmp6.PIO_ONLINK | icmp6.PIO_AUTONOMOUS, lifetime, lifetime)
 
-    def _limited(self, limiter, key, now: float) -> bool:
-        if limiter.allow(key, now):
+    def _limited(self, budget: Budget, now: float, *keys) -> bool:
+        if budget.allow(now, *keys):
             return False
         self.counters.drop("rate_limited")
         self.rate_limit_hits += 1
@@ -211,11 +271,13 @@ class RouterCore:
         expected = self._origin_cache.get(origin, False)
         if expected is False:
             expected = self._origin_iid(origin)
+        if expected is None:
+            counters.drop("bad_endpoint")
+            return _DROPPED
         source_prefix = source[:8]
         prefix = self.prefix
         if (
-            expected is None
-            or source[8:14] != expected[:6]
+            source[8:14] != expected[:6]
             or source[14] & 0xC0 != expected[6]
             or (source_prefix != prefix and source_prefix != _FE80)
         ):
@@ -249,8 +311,8 @@ class RouterCore:
 
     def _relay(self, packet, origin, now: float):
         counters = self.counters
-        target = self._target(bytes(packet[32:40]))
-        if target is None or target == self.endpoint:
+        target = self._target(bytes(packet[24:40]))
+        if target.__class__ is str:
             counters.drop("relay_forbidden")
             return _DROPPED
         hop_limit = packet[7]
@@ -258,9 +320,7 @@ class RouterCore:
             counters.drop("hop_limit")
             if packet[6] == 58 and len(packet) > 40 and packet[40] < 128:
                 return _DROPPED  # RFC 4443 2.4(e): no ICMPv6 error about an ICMPv6 error
-            if not self._icmp_error_limit.allow(now):
-                counters.drop("rate_limited")
-                self.rate_limit_hits += 1
+            if self._limited(self._icmp_error_limit, now, origin[0]):
                 return _DROPPED
             counters.icmp_errors_sent += 1
             return (REPLY, icmp6.icmp6_error(self.address, icmp6.TIME_EXCEEDED, 0, packet), origin)
@@ -272,9 +332,9 @@ class RouterCore:
         """A source that does not match its origin: maybe the NAT mapping changed."""
         counters = self.counters
         counters.drop("bad_source")
-        if expected is None or packet[8:16] != self.prefix or (packet[20] == 0 and packet[21] == 0):
+        if packet[8:16] != self.prefix or (packet[20] == 0 and packet[21] == 0):
             return _DROPPED
-        if self._limited(self._corrective_limit, origin, now):
+        if self._limited(self._corrective_limit, now, origin, origin[0]):
             return _DROPPED
         old = self._pio(bytes(packet[16:23]), 0)
         pios = [old, self._pio(expected, icmp6.INFINITE), *self.extra_pios]
@@ -319,22 +379,25 @@ class RouterCore:
             if kind == icmp6.ROUTER_SOLICIT:
                 counters.rs_received += 1
                 icmp6.parse_router_solicit(packet)
-                return self._router_advert(packet, origin, now)
+                expected = self._origin_iid(origin)
+                if expected is None:
+                    raise icmp6.NdError("bad_endpoint")
+                return self._router_advert(packet, origin, expected, now)
             if kind == icmp6.NEIGHBOR_SOLICIT:
                 counters.ns_received += 1
-                return self._neighbor_advert(packet, origin)
+                target = icmp6.parse_neighbor_solicit(packet)
+                expected = self._origin_iid(origin)
+                if expected is None:
+                    raise icmp6.NdError("bad_endpoint")
+                return self._neighbor_advert(packet, origin, expected, target)
         except icmp6.NdError as error:
             counters.drop(error.reason)
             return _DROPPED
         counters.drop("nd_unexpected")
         return _DROPPED
 
-    def _router_advert(self, packet, origin, now: float):
-        expected = self._origin_iid(origin)
-        if expected is None:
-            self.counters.drop("bad_endpoint")
-            return _DROPPED
-        if self._limited(self._ra_limit, origin, now):
+    def _router_advert(self, packet, origin, expected: bytes, now: float):
+        if self._limited(self._ra_limit, now, origin, origin[0]):
             return _DROPPED
         source = bytes(packet[8:24])
         destination = icmp6.ALL_NODES if source == icmp6.UNSPECIFIED else source
@@ -342,13 +405,10 @@ class RouterCore:
         self.counters.ra_sent += 1
         return (REPLY, icmp6.router_advert(destination, pios), origin)
 
-    def _neighbor_advert(self, packet, origin):
-        target = icmp6.parse_neighbor_solicit(packet)
-        expected = self._origin_iid(origin)
+    def _neighbor_advert(self, packet, origin, expected: bytes, target: bytes):
         source = packet[8:24]
         if (
-            expected is None
-            or source[8:14] != expected[:6]
+            source[8:14] != expected[:6]
             or source[14] & 0xC0 != expected[6]
             or (source[:8] != self.prefix and source[:8] != _FE80)
         ):
@@ -371,7 +431,10 @@ class RouterCore:
         if problem is not None:
             counters.drop(problem)
             return _DROPPED
-        destination = _DESTINATION.unpack_from(packet)[0]
+        source_prefix, source_port, destination = _TUN_ADDRESSES.unpack_from(packet)
+        if source_prefix == self.prefix and source_port != _PORT_0 and packet[16:24] != self.iid:
+            counters.drop("tun_spoofed_source")  # a native packet that claims to come from one of our peers
+            return _DROPPED
         verdict = self._tun_verdicts.get(destination)
         if verdict is None:
             verdict = self._tun_verdict(destination)
@@ -386,16 +449,15 @@ class RouterCore:
 
     def _tun_verdict(self, destination: bytes):
         """Where a packet from the kernel to `destination` goes: a SEND action or a drop reason; remembered."""
-        iid = destination[8:]
         if destination[:8] != self.prefix:
             verdict = "tun_not_ours"
-        elif iid[4] == 0 and iid[5] == 0:
+        elif destination[12] == 0 and destination[13] == 0:
             verdict = "tun_port0"
         else:
-            target = self._target(iid)
-            if target is None:
+            target = self._target(destination)
+            if target == "forbidden":
                 verdict = "tun_forbidden"
-            elif target == self.endpoint:
+            elif target == "self":
                 verdict = "tun_to_self"
             else:
                 verdict = (SEND, None, target)
@@ -406,4 +468,5 @@ class RouterCore:
         return verdict
 
 
-__all__ = ["RouterCore", "RouterConfig", "MasqRule", "Limits", "DROP", "TUN", "SEND", "REPLY", "rewrite_address"]
+__all__ = ["RouterCore", "RouterConfig", "MasqRule", "Limits", "MAX_ROUTES", "DROP", "TUN", "SEND", "REPLY",
+           "rewrite_address"]

@@ -19,11 +19,11 @@ DROP_REASONS: dict[str, str] = {
     "nd_unexpected": "RA, NA or Redirect sent to the router",
     "ns_not_for_router": "Neighbor Solicitation for a target that is not the router",
     "ns_bad_source": "Neighbor Solicitation from a source that does not match its UDP origin",
-    "bad_endpoint": "UDP source that no reply may be sent to (port 0, 0.0.0.0, multicast, ...)",
+    "bad_endpoint": "UDP source that is no peer: port 0 or 25790 (a router), an IPv4 address of the router's host, 0/8, 127/8, multicast, ...",
     "bad_source": "inner IPv6 source does not match the outer IPv4:port",
     "multicast": "multicast IPv6 destination",
     "hop_limit": "relay with hop limit 1 or 0",
-    "relay_forbidden": "relay to a forbidden IPv4 destination (0/8, 127/8, multicast, broadcast), port 0 or the router's own /114",
+    "relay_forbidden": "relay to an address no peer can have: port 0 or 25790, an IPv4 address of the router's host, 0/8, 127/8, multicast, broadcast, non-canonical interface identifier",
     "no_service": "packet for the router itself that no service or masquerading rule takes",
     "truncated": "transport header cut short",
     "rate_limited": "reply suppressed by a rate limit",
@@ -34,8 +34,9 @@ DROP_REASONS: dict[str, str] = {
     "tun_multicast": "multicast destination from the kernel",
     "tun_not_ours": "destination outside the served prefix",
     "tun_port0": "destination with port 0 (the host's own addresses)",
-    "tun_forbidden": "destination encodes a forbidden IPv4 address",
-    "tun_to_self": "destination in the router's own /114 (it would be sent to the router itself)",
+    "tun_forbidden": "destination no peer can have: port 25790 or the router's port, 0/8, 127/8, multicast, broadcast, non-canonical interface identifier",
+    "tun_to_self": "destination encodes an IPv4 address of the router's own host (it would be sent to the host itself)",
+    "tun_spoofed_source": "native packet whose source claims to be a 6bed4 peer of this router (forged)",
     # the proxy Neighbor Discovery responder on the uplink (6bed4 proxy-nd, 6bed4router --proxy-nd)
     "proxy_not_ns": "frame on the uplink that is not an IPv6 Neighbor Solicitation",
     "proxy_other_host": "Neighbor Solicitation sent to another host's MAC address",
@@ -43,7 +44,10 @@ DROP_REASONS: dict[str, str] = {
     "proxy_not_ours": "Neighbor Solicitation for a target outside the served /64",
     "proxy_kernel_answers": "Neighbor Solicitation for an address on the uplink (the kernel answers)",
     "proxy_port0": "Neighbor Solicitation for a port-0 address that is not the host's",
-    "proxy_forbidden": "Neighbor Solicitation for a 6bed4 address with a non-unicast IPv4 address",
+    "proxy_forbidden": "Neighbor Solicitation for an address no 6bed4 peer can have (port 25790, non-unicast IPv4, non-canonical interface identifier such as EUI-64)",
+    "proxy_dad": "Duplicate Address Detection probe: another host is taking the address (never answered)",
+    "proxy_claimed": "Neighbor Solicitation for an address another host on the uplink has claimed",
+    "proxy_na": "Neighbor Advertisement from another host (its target is that host's: never answered for)",
     # the peer (6bed4peer)
     "not_from_router": "datagram from another IPv4:port than the router's (direct peering is not done)",
     "ra_bad_source": "Router Advertisement not from fe80::",
@@ -55,6 +59,7 @@ DROP_REASONS: dict[str, str] = {
     "tun_bad_source": "packet from the kernel with a source outside the peer's /114 (or no address yet)",
     # IO
     "send_error": "the kernel refused to send (buffer full, unreachable)",
+    "tun_down": "packet for the TUN device while it is down (ip link set DEV down); it is kept, not closed",
 }
 
 

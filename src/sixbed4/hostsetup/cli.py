@@ -104,7 +104,8 @@ def cmd_host_setup(args: argparse.Namespace) -> int:
         raise cliutil.UsageError(str(exc)) from None
     sys.stdout.write(plan.render(options))
     if plan.errors:
-        return cliutil.fail(prog, f"refused: {len(plan.errors)} address(es) not in port-0 form (see above)")
+        more = f" (and {len(plan.errors) - 1} more, see above)" if len(plan.errors) > 1 else ""
+        return cliutil.fail(prog, f"refused, nothing changed: {plan.errors[0]}{more}")
     if args.verb == "plan":
         return 0
     if not plan.changes:
@@ -128,7 +129,7 @@ def cmd_host_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_proxy_nd(args: argparse.Namespace) -> int:
-    from .proxy import ProxyError, ProxyResponder
+    from ..io.proxynd import ProxyError, ProxyResponder
 
     prefix = addr.parse_prefix64(args.prefix)
     local = tuple(addr.parse_address(text) for text in args.local)

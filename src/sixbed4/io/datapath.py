@@ -95,7 +95,17 @@ class Datapath:
             self._failed(False, exc)
 
     def _failed(self, to_tun: bool, exc: OSError, count: int = 1) -> None:
-        """Count the lost packets; a TUN device that fails for good ends the datapath."""
+        """Count the lost packets; a TUN device that fails for good ends the datapath.
+
+        A device set down (`ip link set DEV down`) refuses writes with EIO until it
+        is up again: its packets are counted as tun_down, everything else goes on
+        (the daemon's LinkWatch logs it and restores the device's configuration).
+        Reads from it return what was queued before, then nothing (EAGAIN, no
+        EPOLLERR): no busy loop.
+        """
+        if to_tun and exc.errno == errno.EIO:
+            self.core.counters.drops["tun_down"] += count
+            return
         self.core.counters.drops["send_error"] += count
         if to_tun and exc.errno not in _TUN_FATAL_OK and not isinstance(exc, (BlockingIOError, InterruptedError)):
             raise DatapathError(f"writing to {self.tun.name}: {exc.strerror}") from None

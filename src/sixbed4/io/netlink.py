@@ -2,17 +2,24 @@
 
 `InterfaceSetup` records every change it makes so that `undo()` removes exactly
 those, in reverse order: what the daemon added goes away on exit, what was
-there before stays.  `LinkWatch` notices when an interface the daemon depends on
-(its TUN device, its uplink) is deleted under it.
+there before stays; `restore()` makes its addresses and routes again after the
+kernel dropped them (a device set down).  `LinkWatch` notices when an interface
+the daemon depends on (its TUN device, its uplink) is deleted under it, or set
+down and up again.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import ipaddress
 import logging
+import os
 import socket
+import struct
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -23,9 +30,13 @@ AF_INET = 2
 AF_INET6 = 10
 IFA_F_NODAD = 0x02
 IFA_F_NOPREFIXROUTE = 0x200
-NTF_PROXY = 0x08
-IFF_UP = 0x1
 SYSCTL_ROOT = Path("/proc/sys")
+MAIN_TABLE = 254
+IPV6_METRIC = 1024  # the metric of an IPv6 route added without one
+IFF_UP = 0x1
+NTF_PROXY = 0x08
+RTN_UNICAST, RTN_UNREACHABLE = 1, 7
+SIOCGIFFLAGS = 0x8913
 
 
 class NetlinkSetupError(OSError):
@@ -52,8 +63,17 @@ def write_sysctl(key: str, value: str) -> None:
     sysctl_path(key).write_text(f"{value}\n")
 
 
+@dataclass
+class _Change:
+    """One change InterfaceSetup made: how to take it back, and (addresses, routes) how to make it again."""
+
+    kind: str  # "sysctl", "addr", "route" or "neigh" (a proxy entry)
+    spec: dict  # sysctl: key and old value; addr, route: what identifies it (the arguments of add and del)
+    extra: dict = field(default_factory=dict)  # what only adding needs (address flags)
+
+
 class InterfaceSetup:
-    """Configure one interface and remember how to take it back."""
+    """Configure one interface and remember how to take it back (and how to make it again)."""
 
     def __init__(self, ifname: str):
         self.ifname = ifname
@@ -63,13 +83,17 @@ class InterfaceSetup:
             self.ipr.close()
             raise NetlinkSetupError(errno.ENODEV, f"no interface named {ifname}")
         self.index = found[0]
-        self._undo: list[tuple[str, tuple, dict]] = []
+        self._changes: list[_Change] = []
 
     def _call(self, what: str, method: str, *args, **kwargs) -> None:
         try:
             getattr(self.ipr, method)(*args, **kwargs)
         except NetlinkError as exc:
-            raise NetlinkSetupError(exc.code, f"{what} on {self.ifname}: {exc.args[1] if len(exc.args) > 1 else exc}") from None
+            raise NetlinkSetupError(exc.code, f"{what} on {self.ifname}: {_reason(exc)}") from None
+
+    def _remember(self, change: _Change) -> None:
+        if change not in self._changes:  # made again after the kernel dropped it: one record
+            self._changes.append(change)
 
     def set_sysctl(self, leaf: str, value: str, *, interface: str | None = None) -> None:
         """net.ipv6.conf.<ifname>.<leaf> = value, restored by undo(); `interface` "all" for the namespace-wide one."""
@@ -77,7 +101,7 @@ class InterfaceSetup:
         old = read_sysctl(key)
         if old != value:
             write_sysctl(key, value)
-            self._undo.append(("sysctl", (key, old), {}))
+            self._changes.append(_Change("sysctl", dict(key=key, old=old)))
 
     def link_up(self, mtu: int, queue: int = TUN_QUEUE) -> None:
         """MTU, transmit queue length and state up.
@@ -113,19 +137,18 @@ class InterfaceSetup:
         return False
 
     def add_address(self, address: str, prefixlen: int, *, prefix_route: bool = False) -> None:
-        if self.has_address(address, prefixlen):
-            return
-        flags = IFA_F_NODAD | (0 if prefix_route else IFA_F_NOPREFIXROUTE)
-        self._call(
-            f"adding address {address}/{prefixlen}",
-            "addr",
-            "add",
-            index=self.index,
-            address=address,
-            prefixlen=prefixlen,
-            IFA_FLAGS=flags,
-        )
-        self._undo.append(("addr", ("del",), dict(index=self.index, address=address, prefixlen=prefixlen)))
+        spec = dict(index=self.index, address=address, prefixlen=prefixlen)
+        change = _Change("addr", spec, dict(IFA_FLAGS=IFA_F_NODAD | (0 if prefix_route else IFA_F_NOPREFIXROUTE)))
+        if self._add_address(change):
+            self._remember(change)
+
+    def _add_address(self, change: _Change) -> bool:
+        """Add the address; False if it is there already."""
+        spec = change.spec
+        if self.has_address(spec["address"], spec["prefixlen"]):
+            return False
+        self._call(f"adding address {spec['address']}/{spec['prefixlen']}", "addr", "add", **spec, **change.extra)
+        return True
 
     def _route_spec(self, prefix: str, prefixlen: int, extra: dict) -> dict:
         if extra.get("type") == "unreachable":  # answered with ICMPv6 unreachable: no interface
@@ -133,28 +156,59 @@ class InterfaceSetup:
         return dict(dst=prefix, dst_len=prefixlen, oif=self.index, family=AF_INET6, **extra)
 
     def add_route(self, prefix: str, prefixlen: int, **extra) -> None:
-        """A route via this interface (or, with type="unreachable", one that answers unreachable)."""
+        """Add a route through this interface (kept as it is if this very route exists already).
+
+        With type="unreachable" it is a route through no interface that answers
+        ICMPv6 unreachable (still one of this setup's changes, undone with them).
+
+        Raises NetlinkSetupError if the kernel refuses it, also when another route
+        for the prefix with the same metric is in the way (the kernel says "exists").
+        """
         spec = self._route_spec(prefix, prefixlen, extra)
+        if self._add_route(spec):
+            self._remember(_Change("route", spec))
+
+    def _add_route(self, spec: dict) -> bool:
+        """Add the route; False if it is there already."""
         try:
             self.ipr.route("add", **spec)
+            return True
         except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise NetlinkSetupError(exc.code, f"adding route {prefix}/{prefixlen} via {self.ifname}: {exc}") from None
-            return
-        self._undo.append(("route", ("del",), spec))
+            if exc.code == errno.EEXIST and self.has_route(spec):
+                return False
+            what = f"adding route {spec['dst']}/{spec['dst_len']} via {self.ifname}"
+            if exc.code == errno.EEXIST:
+                raise NetlinkSetupError(exc.code, f"{what}: another route for {spec['dst']}/{spec['dst_len']} "
+                                                  f"with metric {spec.get('priority', IPV6_METRIC)} is in the way"
+                                        ) from None
+            raise NetlinkSetupError(exc.code, f"{what}: {_reason(exc)}") from None
 
-    def _forget(self, kind: str, kwargs: dict) -> bool:
-        """Drop the undo entry of a change taken back early; False if it was not ours."""
-        for index in range(len(self._undo) - 1, -1, -1):
-            if self._undo[index][0] == kind and self._undo[index][2] == kwargs:
-                del self._undo[index]
+    def has_route(self, spec: dict) -> bool:
+        """Whether the kernel has this route: prefix, device, gateway and metric as in `spec`."""
+        dst = ipaddress.IPv6Address(spec["dst"])
+        gateway = spec.get("gateway")
+        for entry in self.ipr.get_routes(family=AF_INET6, table=MAIN_TABLE):
+            if (entry["dst_len"] == spec["dst_len"] and entry.get_attr("RTA_OIF") == spec.get("oif")
+                    and entry["type"] == (RTN_UNREACHABLE if spec.get("type") == "unreachable" else RTN_UNICAST)
+                    and ipaddress.IPv6Address(entry.get_attr("RTA_DST") or "::") == dst
+                    and (entry.get_attr("RTA_PRIORITY") or 0) == spec.get("priority", IPV6_METRIC)
+                    and (gateway is None or entry.get_attr("RTA_GATEWAY") is not None
+                         and ipaddress.IPv6Address(entry.get_attr("RTA_GATEWAY")) == ipaddress.IPv6Address(gateway))):
+                return True
+        return False
+
+    def _forget(self, kind: str, spec: dict) -> bool:
+        """Drop the record of a change taken back early; False if it was not ours."""
+        for index in range(len(self._changes) - 1, -1, -1):
+            if self._changes[index].kind == kind and self._changes[index].spec == spec:
+                del self._changes[index]
                 return True
         return False
 
     def remove_address(self, address: str, prefixlen: int) -> None:
         """Remove an address that add_address() added (others are left alone)."""
         spec = dict(index=self.index, address=address, prefixlen=prefixlen)
-        if self._forget("addr", spec):
+        if self._forget("addr", spec) and self.has_address(address, prefixlen):
             self._call(f"removing address {address}/{prefixlen}", "addr", "del", **spec)
 
     def remove_route(self, prefix: str, prefixlen: int, **extra) -> None:
@@ -165,39 +219,73 @@ class InterfaceSetup:
                 self.ipr.route("del", **spec)
             except NetlinkError as exc:
                 if exc.code not in (errno.ESRCH, errno.ENOENT):
-                    raise NetlinkSetupError(exc.code, f"removing route {prefix}/{prefixlen} via {self.ifname}: {exc}") from None
+                    raise NetlinkSetupError(exc.code, f"removing route {prefix}/{prefixlen} via {self.ifname}: "
+                                                      f"{_reason(exc)}") from None
 
     def add_proxy_neighbour(self, address: str) -> None:
         """Answer Neighbor Solicitations for `address` on this interface (needs proxy_ndp and forwarding)."""
-        spec = dict(dst=address, ifindex=self.index, family=AF_INET6, flags=NTF_PROXY)
+        change = _Change("neigh", dict(dst=address, ifindex=self.index, family=AF_INET6, flags=NTF_PROXY))
+        if self._add_proxy_neighbour(change):
+            self._remember(change)
+
+    def _add_proxy_neighbour(self, change: _Change) -> bool:
+        """Add the proxy entry; False if it is there already."""
         try:
-            self.ipr.neigh("add", **spec)
+            self.ipr.neigh("add", **change.spec)
+            return True
         except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise NetlinkSetupError(exc.code, f"adding proxy neighbour {address} on {self.ifname}: {exc}") from None
-            return
-        self._undo.append(("neigh", ("del",), spec))
+            if exc.code == errno.EEXIST:
+                return False
+            raise NetlinkSetupError(exc.code, f"adding proxy neighbour {change.spec['dst']} on {self.ifname}: "
+                                              f"{_reason(exc)}") from None
 
     def remove_proxy_neighbour(self, address: str) -> None:
+        """Remove a proxy entry that add_proxy_neighbour() added."""
         spec = dict(dst=address, ifindex=self.index, family=AF_INET6, flags=NTF_PROXY)
         if self._forget("neigh", spec):
-            self._call(f"removing proxy neighbour {address}", "neigh", "del", **spec)
+            try:
+                self.ipr.neigh("del", **spec)
+            except NetlinkError as exc:
+                if exc.code not in (errno.ESRCH, errno.ENOENT):
+                    raise NetlinkSetupError(exc.code, f"removing proxy neighbour {address} on {self.ifname}: "
+                                                      f"{_reason(exc)}") from None
+
+    def restore(self) -> None:
+        """Make again the recorded addresses and routes that are gone; what the kernel refuses is logged.
+
+        Setting a device down removes all its addresses and routes (unless
+        keep_addr_on_down); setting it up again brings none of them back.
+        """
+        for change in list(self._changes):
+            try:
+                if change.kind == "addr":
+                    self._add_address(change)
+                elif change.kind == "route":
+                    self._add_route(change.spec)
+                elif change.kind == "neigh":
+                    self._add_proxy_neighbour(change)
+            except NetlinkSetupError as exc:
+                log.error("%s", exc.strerror)
 
     def undo(self) -> None:
         """Take back every recorded change, newest first; never raises."""
-        while self._undo:
-            kind, args, kwargs = self._undo.pop()
+        while self._changes:
+            change = self._changes.pop()
             try:
-                if kind == "sysctl":
-                    write_sysctl(*args)
+                if change.kind == "sysctl":
+                    write_sysctl(change.spec["key"], change.spec["old"])
                 else:
-                    getattr(self.ipr, kind)(*args, **kwargs)
+                    getattr(self.ipr, change.kind)("del", **change.spec)
             except (OSError, NetlinkError) as exc:
                 # the device may be gone already, which removed the change with it
-                log.debug("undo %s %s: %s", kind, kwargs or args, exc)
+                log.debug("undo %s %s: %s", change.kind, change.spec, exc)
 
     def close(self) -> None:
         self.ipr.close()
+
+
+def _reason(exc: NetlinkError) -> str:
+    return exc.args[1] if len(exc.args) > 1 and exc.args[1] else os.strerror(exc.code)
 
 
 class LinkGone(RuntimeError):
@@ -221,25 +309,46 @@ def uplink_for(ipv4: str) -> tuple[int, str] | None:
 
 
 class LinkWatch:
-    """The interfaces a daemon cannot work without, checked by index (renaming one is fine)."""
+    """The interfaces a daemon cannot work without, checked by index (renaming one is fine).
+
+    One that is deleted ends the daemon (LinkGone).  One that is set down
+    (`ip link set DEV down`) is not dead: that is logged once, and once more
+    when it is up again; the kernel dropped its addresses and routes meanwhile,
+    so a link with a `restore` callback gets its configuration back then.
+    """
 
     def __init__(self) -> None:
         self.links: dict[int, str] = {}  # index -> what it is, e.g. "uplink eth0"
+        self.when_down: dict[int, str] = {}  # index -> what being down means for the daemon
+        self.restorers: dict[int, Callable[[], None]] = {}
+        self.down: set[int] = set()
         self.uplink: str | None = None
+        self._ioctl = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # a handle for SIOCGIFFLAGS
 
     @classmethod
-    def tun_and_uplink(cls, setup: InterfaceSetup, ipv4: str) -> "LinkWatch":
-        """Watch the device `setup` configures and the uplink towards `ipv4` (see uplink_for)."""
+    def tun_and_uplink(cls, setup: InterfaceSetup, ipv4: str,
+                       restore: Callable[[], None] | None = None) -> "LinkWatch":
+        """Watch the device `setup` configures and the uplink towards `ipv4` (see uplink_for).
+
+        When the device is up again after being down, `restore` (default:
+        setup.restore) makes its configuration again and logs what it cannot.
+        """
         watch = cls()
-        watch.add(setup.index, f"the TUN device {setup.ifname}")
+        watch.add(setup.index, f"the TUN device {setup.ifname}",
+                  "packets for it are dropped (drop reason tun_down) until it is up again",
+                  restore or setup.restore)
         found = uplink_for(ipv4)
         if found is not None and found[1] != "lo":  # loopback cannot be deleted
             watch.uplink = found[1]
-            watch.add(found[0], f"uplink {found[1]}")
+            watch.add(found[0], f"uplink {found[1]}", "nothing passes it until it is up again")
         return watch
 
-    def add(self, index: int, what: str) -> None:
+    def add(self, index: int, what: str, when_down: str, restore: Callable[[], None] | None = None) -> None:
+        """Watch interface `index`; `what` names it in the log, `when_down` says what its being down means."""
         self.links[index] = what
+        self.when_down[index] = when_down
+        if restore is not None:
+            self.restorers[index] = restore
 
     def missing(self) -> str | None:
         """The first watched interface that no longer exists, or None."""
@@ -250,11 +359,34 @@ class LinkWatch:
                 return what
         return None
 
+    def is_up(self, index: int) -> bool | None:
+        """The interface's administrative state; None if it cannot be read (gone, or renamed this instant)."""
+        try:
+            name = socket.if_indextoname(index)
+            request = fcntl.ioctl(self._ioctl, SIOCGIFFLAGS, struct.pack("16sH22x", name.encode(), 0))
+        except OSError:
+            return None
+        return bool(struct.unpack_from("16sH", request)[1] & IFF_UP)
+
     def check(self) -> None:
-        """Raise LinkGone if a watched interface was deleted."""
+        """Raise LinkGone if a watched interface was deleted; log one that went down or came up."""
         gone = self.missing()
         if gone:
             raise LinkGone(f"{gone} was deleted")
+        for index, what in self.links.items():
+            up = self.is_up(index)
+            if up is False and index not in self.down:
+                self.down.add(index)
+                log.warning("%s is down (not deleted): %s", what, self.when_down[index])
+            elif up and index in self.down:
+                self.down.discard(index)
+                self._came_up(index, what)
+
+    def _came_up(self, index: int, what: str) -> None:
+        restore = self.restorers.get(index)
+        log.warning("%s is up again%s", what, "; making its addresses and routes again" if restore else "")
+        if restore is not None:
+            restore()
 
     def guarding(self, on_tick):
         """A datapath on_tick that first checks the watched interfaces: LinkGone ends the datapath."""
@@ -271,3 +403,6 @@ class LinkWatch:
         if gone and not isinstance(exc, LinkGone):
             return f"{gone} was deleted ({exc})"
         return str(exc)
+
+    def close(self) -> None:
+        self._ioctl.close()

@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-s", "--v4server", metavar="IPV4", help="the 6bed4 router's IPv4 address (required)")
     p.add_argument("--router-port", metavar="PORT", type=cliutil.parse_port, default=addr.PORT_6BED4,
                    help="the router's UDP port (default: %(default)s)")
-    p.add_argument("-p", "--port", type=cliutil.parse_port, help="local UDP port (default: a random one)")
+    p.add_argument("-p", "--port", type=cliutil.parse_port,
+                   help="local UDP port (default: a random one; not 25790, the routers' port)")
     p.add_argument("-l", "--v4listen", metavar="IPV4", default="0.0.0.0",
                    help="local IPv4 address to bind (default: %(default)s)")
     p.add_argument("-r", "--default-route", action="store_true",
@@ -109,6 +110,8 @@ def settings_from_args(args: argparse.Namespace) -> PeerSettings:
     if not addr.is_sendable_ipv4(server):
         raise cliutil.UsageError(f"-s {args.v4server}: not a unicast IPv4 address")
     addr.parse_ipv4(args.v4listen, "-l")
+    if args.port in (addr.PORT_6BED4, args.router_port):
+        raise cliutil.UsageError(f"-p {args.port}: that is a 6bed4 router's port, which routers never serve as a peer")
     period, ttl = args.keepalive
     config = PeerConfig(
         router_ipv4=addr.format_ipv4(server),

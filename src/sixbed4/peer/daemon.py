@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import signal
@@ -96,12 +97,19 @@ class Hook:
 
 
 class LeaseApplier:
-    """Puts a lease on the TUN device (address, routes) and takes it off again."""
+    """Puts a lease on the TUN device (address, routes) and takes it off again.
+
+    What the kernel refuses (another route in the way, the device down) stops
+    nothing else: it is logged once and tried again by retry() at each
+    keepalive, and by install() when the device is up again.
+    """
 
     def __init__(self, setup: netlink.InterfaceSetup, config: PeerConfig, hook: Hook):
         self.setup = setup
         self.config = config
         self.hook = hook
+        self.lease: Lease | None = None
+        self.refused: set[str] = set()  # what the kernel refused and is to be tried again
 
     def _routes(self, lease: Lease):
         gateway = dict(gateway=ROUTER_LINK_LOCAL, priority=DEFAULT_ROUTE_METRIC)
@@ -112,17 +120,48 @@ class LeaseApplier:
         for prefix, length in lease.routes:
             yield addr.format_address(prefix), length, dict(gateway=ROUTER_LINK_LOCAL, priority=ROUTE_METRIC)
 
+    def _steps(self, lease: Lease):
+        """(what, how to add it) for each part of the lease, the address first."""
+        address = addr.format_address(lease.address)
+        yield f"address {address}/128", functools.partial(self.setup.add_address, address, 128)
+        for prefix, length, extra in self._routes(lease):
+            yield f"route {prefix}/{length}", functools.partial(self.setup.add_route, prefix, length, **extra)
+
     def apply(self, lease: Lease, old: Lease | None) -> None:
         if old is not None:
             self.remove(old, keep=lease)
-        self.setup.add_address(addr.format_address(lease.address), 128)
-        for prefix, length, extra in self._routes(lease):
-            self.setup.add_route(prefix, length, **extra)
+        self.lease = lease
+        self.install()
         self.hook.offer(lease)
+
+    def install(self) -> None:
+        """Add every part of the lease that is missing; log what the kernel refuses once, keep it for retry()."""
+        if self.lease is None:
+            return
+        refused = set()
+        for what, add in self._steps(self.lease):
+            try:
+                add()
+            except netlink.NetlinkSetupError as exc:
+                refused.add(what)
+                if what not in self.refused:
+                    log.warning("%s; trying again at each keepalive", exc.strerror or exc)
+                continue
+            if what in self.refused:
+                log.info("%s is in place now", what)
+        self.refused = refused
+
+    def retry(self) -> None:
+        """Try again what the kernel refused."""
+        if self.refused:
+            self.install()
 
     def remove(self, old: Lease, keep: Lease | None = None) -> None:
         if self.hook.offered:
             self.hook.withdraw()
+        if keep is None:
+            self.lease = None
+            self.refused = set()
         wanted = set() if keep is None else {(p, n) for p, n, _ in self._routes(keep)}
         for prefix, length, extra in self._routes(old):
             if (prefix, length) not in wanted:
@@ -146,6 +185,8 @@ class Ticker:
         for event in self.core.on_tick(now):
             if isinstance(event, Datagram):
                 self.send(event)
+                if event.kind == "keepalive":
+                    self.applier.retry()
             elif isinstance(event, Configure):
                 self.configure(event)
                 if self.lan:
@@ -213,15 +254,16 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer") -> int:
             cleanup.callback(setup.close)
             cleanup.callback(setup.undo)
             configure_tun(setup)
-            watch = netlink.LinkWatch.tun_and_uplink(setup, config.router_ipv4)
+            hook = Hook(settings.hook)
+            applier = LeaseApplier(setup, config, hook)
+            watch = netlink.LinkWatch.tun_and_uplink(setup, config.router_ipv4, restore=applier.install)
+            cleanup.callback(watch.close)
         except (UdpError, TunError, netlink.NetlinkSetupError) as exc:
             return cliutil.fail(prog, exc.strerror or str(exc))
         except PermissionError as exc:
             return cliutil.fail(prog, f"{exc.filename}: permission denied (run as root or with CAP_NET_ADMIN)")
 
         core = PeerCore(config)
-        hook = Hook(settings.hook)
-        applier = LeaseApplier(setup, config, hook)
 
         def info() -> dict[str, str]:
             lease = core.lease
@@ -234,7 +276,8 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer") -> int:
                 gateway = LanGateway.open(settings.lan, setup, cleanup, time.monotonic())
             except LanError as exc:
                 return cliutil.fail(prog, str(exc))
-            watch.add(gateway.lan_setup.index, f"the LAN interface {settings.lan.interface}")
+            watch.add(gateway.lan_setup.index, f"the LAN interface {settings.lan.interface}",
+                      "the LAN is cut off until it is up again", gateway.restore)
             collectors.append(CountersCollector("sixbed4_peer_lan", gateway.advertiser.counters,
                                                 events=("rs_received", "ra_sent"),
                                                 reasons=("nd_bad_hoplimit", "nd_malformed", "send_error")))

@@ -48,6 +48,7 @@ SERVER_STOP_TIMEOUT = 5.0
 SERVER_RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 SERVER_STEADY = 60.0  # s of running that count as a good start (the next failure restarts quickly again)
 RS_PER_TICK = 64
+RETRY_INTERVAL = 5.0  # s between attempts at what the kernel refused (e.g. the tunnel device is down)
 
 
 class LanError(RuntimeError):
@@ -384,6 +385,8 @@ class LanGateway:
         self.plan = lan.LanPlan()
         self._send_failed = False
         self._translating = False  # the nftables table is in place
+        self._refused: set[lan.Fact] = set()  # what the kernel refused, tried again every RETRY_INTERVAL
+        self._next_retry = 0.0
 
     @classmethod
     def open(cls, settings: LanSettings, tun_setup: netlink.InterfaceSetup,
@@ -445,24 +448,54 @@ class LanGateway:
             if error:
                 raise LanError(f"nft: {error}")
             self._translating = True
-        try:
-            self._apply(lan.plan(self.config, None), now)
+        first = lan.plan(self.config, None)
+        try:  # at the start, what the kernel refuses is an error: nothing runs half set up
+            for fact in lan.Changes.between(self.plan, first).add:
+                self._fact(fact, add=True)
         except netlink.NetlinkSetupError as exc:
             raise LanError(exc.strerror or str(exc)) from None
+        self.plan = first
+        self.advertiser.update(first, now)
         log.info("gateway of the LAN on %s (%s): %s", self.config.interface, self.config.mode,
                  self.plan.describe())
 
     def _apply(self, new: lan.LanPlan, now: float) -> None:
+        """Go from the current plan to `new`; what the kernel refuses is logged and tried again later."""
         changes = lan.Changes.between(self.plan, new)
         for fact in changes.remove:
-            self._fact(fact, add=False)
-        for fact in changes.add:
-            self._fact(fact, add=True)
+            self._refused.discard(fact)
+            try:
+                self._fact(fact, add=False)
+            except netlink.NetlinkSetupError as exc:
+                log.warning("LAN on %s: %s", self.config.interface, exc.strerror or exc)
         self.plan = new
+        self._install(changes.add)
         if changes.restart_server and self.server is not None:
             self.server.serve(new.dhcp_range, now)
         self.advertiser.update(new, now)
         self.tick(now)  # the first RA now, not a tick later
+
+    def _install(self, facts) -> None:
+        for fact in facts:
+            try:
+                self._fact(fact, add=True)
+            except netlink.NetlinkSetupError as exc:
+                if fact not in self._refused:
+                    log.warning("LAN on %s: %s; trying again every %.0fs", self.config.interface,
+                                exc.strerror or exc, RETRY_INTERVAL)
+                self._refused.add(fact)
+                continue
+            if fact in self._refused:
+                self._refused.discard(fact)
+                log.info("LAN on %s: %s is in place now", self.config.interface, fact)
+
+    def restore(self) -> None:
+        """The LAN interface is up again after being down: its addresses, proxy entry, server and RAs."""
+        now = time.monotonic()
+        self.lan_setup.restore()
+        if self.server is not None:
+            self.server.serve(self.plan.dhcp_range, now)
+        self.advertiser.update(self.plan, now)
 
     def _fact(self, fact: lan.Fact, add: bool) -> None:
         setup = self.lan_setup
@@ -482,14 +515,13 @@ class LanGateway:
     def lease_changed(self, lease: Lease | None, now: float) -> None:
         """The peer's /114 came, changed (NAT rebinding) or went: the LAN follows."""
         new = lan.plan(self.config, lease)
-        try:
-            self._apply(new, now)
-        except netlink.NetlinkSetupError as exc:
-            log.error("LAN on %s: %s", self.config.interface, exc.strerror or exc)
-            return
+        self._apply(new, now)
         log.info("LAN on %s now has %s", self.config.interface, new.describe())
 
     def tick(self, now: float) -> None:
+        if self._refused and now >= self._next_retry:
+            self._next_retry = now + RETRY_INTERVAL
+            self._install(sorted(self._refused))
         for message, hop_limit, source in self.ra.receive():
             self.advertiser.solicited(message, hop_limit, source, now)
         for destination, message in self.advertiser.due(now):

@@ -13,6 +13,7 @@ from ..core.router import RouterConfig, RouterCore
 from ..io import netlink
 from ..io import service
 from ..io.datapath import Datapath, DatapathError
+from ..io.hostaddr import HostIPv4Watch
 from ..io.metrics import CountersCollector, MetricsError
 from ..io.tun import Tun, TunError
 from ..io.udp import UdpError, open_udp
@@ -82,7 +83,7 @@ def _forwarding_enabled() -> bool:
 
 def _start_proxy_nd(uplink: str, config: RouterConfig, cleanup: contextlib.ExitStack):
     """The proxy ND responder in a daemon thread of its own (its socket is not the datapath's)."""
-    from ..hostsetup.proxy import ProxyError, ProxyResponder
+    from ..io.proxynd import ProxyError, ProxyResponder
 
     try:
         responder = ProxyResponder(uplink, config.prefix)
@@ -113,6 +114,7 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
             configure_tun(setup, config, settings.prefix_route)
             listen = addr.format_ipv4(config.ipv4)
             watch = netlink.LinkWatch.tun_and_uplink(setup, listen)
+            cleanup.callback(watch.close)
         except (UdpError, TunError, netlink.NetlinkSetupError) as exc:
             return cliutil.fail(prog, exc.strerror or str(exc))
         except PermissionError as exc:
@@ -126,6 +128,12 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
             collectors.append(proxy.metrics_collector())
 
         core = RouterCore(config)
+        try:
+            host_watch = HostIPv4Watch(core.set_host_ipv4s)
+            host_watch.start()
+        except OSError as exc:
+            return cliutil.fail(prog, f"cannot read the host's IPv4 addresses: {exc}")
+        cleanup.callback(host_watch.close)
         prefix_text = addr.format_address(config.prefix + bytes(8))
         info = {"prefix": f"{prefix_text}/64", "address": addr.format_address(config.address)}
         collectors.append(
@@ -140,6 +148,10 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
             "serving %s/64 on UDP %s:%d via %s; router address %s",
             prefix_text, *settings.bind, tun.name, addr.format_address(config.address),
         )
+        if config.routes:
+            ra, corrective = config.ra_sizes
+            log.info("RAs carry %d -R route(s): %d bytes (%d corrective), %.1fx a 48-byte Router Solicitation",
+                     len(config.routes), ra, corrective, ra / 48)
         if watch.uplink is None:
             log.warning("no interface has or routes %s: not watching an uplink", listen)
         if not _forwarding_enabled():

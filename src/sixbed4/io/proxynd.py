@@ -1,8 +1,9 @@
 """The proxy Neighbor Discovery responder's IO: a packet socket on the uplink.
 
 - An AF_PACKET socket bound to the uplink for ETH_P_IPV6, with a classic BPF
-  filter that passes only ICMPv6 Neighbor Solicitations without extension
-  headers, so the process never wakes for other traffic.
+  filter that passes only ICMPv6 Neighbor Solicitations and Advertisements
+  without extension headers, so the process never wakes for other traffic
+  (the Advertisements tell which addresses other hosts own).
 - NS for many addresses go to many solicited-node multicast MACs: the socket
   joins PACKET_MR_ALLMULTI.  That membership belongs to the socket, so the
   kernel drops it when the socket closes, also after SIGKILL: nothing to restore.
@@ -30,7 +31,7 @@ from pyroute2 import IPRoute
 
 from ..core import proxynd
 from ..core.stats import Counters
-from ..io.metrics import CountersCollector
+from .metrics import CountersCollector
 
 log = logging.getLogger("6bed4.proxy-nd")
 
@@ -44,14 +45,15 @@ PACKET_OUTGOING = 4
 PACKET_OTHERHOST = 3
 REFRESH_SECONDS = 5.0
 
-# ldh [12]; jeq #0x86dd; ldb [20]; jeq #58; ldb [54]; jeq #135; ret #65535; ret #0
+# ldh [12]; jeq #0x86dd; ldb [20]; jeq #58; ldb [54]; jeq #135 or #136; ret #65535; ret #0
 _BPF = (
     (0x28, 0, 0, 12),
-    (0x15, 0, 5, ETH_P_IPV6),
+    (0x15, 0, 6, ETH_P_IPV6),
     (0x30, 0, 0, 20),
-    (0x15, 0, 3, 58),
+    (0x15, 0, 4, 58),
     (0x30, 0, 0, 54),
-    (0x15, 0, 1, 135),
+    (0x15, 1, 0, 135),
+    (0x15, 0, 1, 136),
     (0x06, 0, 0, 0xFFFF),
     (0x06, 0, 0, 0),
 )
