@@ -203,7 +203,10 @@ def test_routed_dhcpv6_hosts_get_lanids_and_reach_everything(home, tmp_path):
     assert ping(home, "h1", topology.INET6, count=2)
     assert ping(home, "h1", two)  # LAN hosts reach each other
     assert ping(home, "h1", mine)  # the gateway
-    assert ping(home, "h1", lanid_address(mine, 0))  # the router's own address in the /114, via the tunnel
+    # lanid 0 is the router's own address in the /114: through the tunnel, from the LAN and the gateway alike
+    route = home.net.lab.sh(home.gateway, f"ip -6 route get {lanid_address(mine, 0)}").stdout
+    assert "dev 6bed4" in route and "anycast" not in route, route
+    assert ping(home, "h1", lanid_address(mine, 0))
     assert ping(home, "h1", topology.HOST_SERVER)
     assert home.net.lab.sh(home.net.inet, f"ping -6 -c 1 -W 2 {one}", check=False).returncode == 0  # reachable
     assert seen_from_internet(home, "h1") == one  # routed, not translated

@@ -74,6 +74,7 @@ def test_routed_plan_hands_out_lanids_and_keeps_lanid0_in_the_tunnel():
     p = plan(config(lan.ROUTED), LEASE)
     assert kinds(p.facts) == {
         ("address", "2001:db8:9:10:c433:6407:9c40:8001", 114),  # lanid 1 on the LAN: the /114 is on-link there
+        ("no-anycast", PREFIX, 128),  # its Subnet-Router anycast would be lanid 0, which is the router's
         ("tunnel-route", PREFIX, 128),  # lanid 0 is the router, through the tunnel
         ("proxy", PREFIX, 128),  # and LAN hosts reach it through the gateway
     }
@@ -125,11 +126,13 @@ def test_renumbering_replaces_the_114_everywhere_and_restarts_the_server():
     changes = Changes.between(old, new)
     assert kinds(changes.remove) == {
         ("address", "2001:db8:9:10:c433:6407:9c40:8001", 114),
+        ("no-anycast", PREFIX, 128),
         ("tunnel-route", PREFIX, 128),
         ("proxy", PREFIX, 128),
     }
     assert kinds(changes.add) == {
         ("address", "2001:db8:9:10:c433:6407:1f90:8001", 114),
+        ("no-anycast", NEW_PREFIX, 128),
         ("tunnel-route", NEW_PREFIX, 128),
         ("proxy", NEW_PREFIX, 128),
     }
@@ -148,7 +151,7 @@ def test_a_lease_that_keeps_its_114_changes_nothing():
 def test_losing_the_lease_takes_the_114_away_and_stops_the_server():
     changes = Changes.between(plan(config(), LEASE), plan(config(), None))
     assert changes.restart_server and not changes.add
-    assert {f.kind for f in changes.remove} == {"address", "tunnel-route", "proxy"}
+    assert {f.kind for f in changes.remove} == {"address", "no-anycast", "tunnel-route", "proxy"}
 
 
 def test_facts_print_readably():

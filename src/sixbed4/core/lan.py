@@ -126,6 +126,9 @@ class Fact:
     """One thing the gateway puts in place, and takes away again.
 
     kind:  "address"      address/prefixlen on the LAN interface, with its prefix route
+           "no-anycast"   not the kernel's Subnet-Router anycast address (RFC 4291 2.6.1) that the
+                          address before it brings along on a forwarding interface: that is
+                          lanid 0, the router, which must stay on the far side of the tunnel
            "tunnel-route" prefix/prefixlen via the router (fe80::) on the TUN device
            "unreachable"  prefix/prefixlen answered with ICMPv6 unreachable (no loops)
            "proxy"        the gateway answers Neighbor Solicitations for address on the LAN
@@ -141,7 +144,7 @@ class Fact:
 
 
 def _fact(kind: str, address: bytes, prefixlen: int = 128) -> Fact:
-    order = ("address", "tunnel-route", "unreachable", "proxy").index(kind)
+    order = ("address", "no-anycast", "tunnel-route", "unreachable", "proxy").index(kind)
     return Fact(order, kind, addr.format_address(address), prefixlen)
 
 
@@ -188,6 +191,7 @@ def plan(config: LanConfig, lease: Lease | None) -> LanPlan:
         facts.add(_fact("tunnel-route", lease.router_address))
         if routes_lanids(config.mode):
             facts.add(_fact("address", lease.address, 114))  # the /114 is on-link on the LAN
+            facts.add(_fact("no-anycast", lease.router_address))
             facts.add(_fact("proxy", lease.router_address))  # so that LAN hosts reach lanid 0 too
             first, last = lease.offer_range
             dhcp_range = (addr.format_address(first), addr.format_address(last))

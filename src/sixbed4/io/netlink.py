@@ -32,6 +32,7 @@ IFA_F_NODAD = 0x02
 IFA_F_NOPREFIXROUTE = 0x200
 SYSCTL_ROOT = Path("/proc/sys")
 MAIN_TABLE = 254
+LOCAL_TABLE = 255
 IPV6_METRIC = 1024  # the metric of an IPv6 route added without one
 IFF_UP = 0x1
 NTF_PROXY = 0x08
@@ -221,6 +222,19 @@ class InterfaceSetup:
                 if exc.code not in (errno.ESRCH, errno.ENOENT):
                     raise NetlinkSetupError(exc.code, f"removing route {prefix}/{prefixlen} via {self.ifname}: "
                                                       f"{_reason(exc)}") from None
+
+    def drop_anycast(self, address: str) -> None:
+        """Remove the kernel's local anycast route for `address` on this interface, if there is one.
+
+        Not recorded: the kernel made it, with an address whose removal takes it away.
+        """
+        try:
+            self.ipr.route("del", family=AF_INET6, dst=address, dst_len=128, type="anycast", table=LOCAL_TABLE,
+                           oif=self.index)
+        except NetlinkError as exc:
+            if exc.code not in (errno.ESRCH, errno.ENOENT):
+                raise NetlinkSetupError(exc.code, f"removing the anycast address {address} on {self.ifname}: "
+                                                  f"{_reason(exc)}") from None
 
     def add_proxy_neighbour(self, address: str) -> None:
         """Answer Neighbor Solicitations for `address` on this interface (needs proxy_ndp and forwarding)."""

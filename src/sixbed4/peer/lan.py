@@ -504,6 +504,9 @@ class LanGateway:
                 setup.add_address(fact.address, fact.prefixlen, prefix_route=True)
             else:
                 setup.remove_address(fact.address, fact.prefixlen)
+        elif fact.kind == "no-anycast":
+            if add:  # taking the address away takes its anycast address along
+                setup.drop_anycast(fact.address)  # see also tick(): the kernel adds it a moment later
         elif fact.kind == "tunnel-route":
             change = self.tun_setup.add_route if add else self.tun_setup.remove_route
             change(fact.address, fact.prefixlen, **TUNNEL_ROUTE)
@@ -519,6 +522,14 @@ class LanGateway:
         log.info("LAN on %s now has %s", self.config.interface, new.describe())
 
     def tick(self, now: float) -> None:
+        # The kernel makes the anycast address when the address is ready (a moment after it was
+        # added), and again when forwarding is set or the link comes back: keep taking it away.
+        for fact in self.plan.facts:
+            if fact.kind == "no-anycast":
+                try:
+                    self._fact(fact, add=True)
+                except netlink.NetlinkSetupError as exc:
+                    log.debug("%s", exc)
         if self._refused and now >= self._next_retry:
             self._next_retry = now + RETRY_INTERVAL
             self._install(sorted(self._refused))
