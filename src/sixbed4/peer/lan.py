@@ -181,23 +181,20 @@ class RaSocket:
 
 @dataclass(frozen=True)
 class Account:
-    name: str
+    name: str | None  # None: whoever we are (not root), told to dnsmasq as no --user at all
     uid: int
     gid: int
 
 
 def server_account(user: str | None) -> Account:
     """Who the DHCPv6 server runs as: --user, else dnsmasq's own user (or nobody) under root, else us."""
-    if user is None and os.geteuid() != 0:
-        entry = pwd.getpwuid(os.geteuid())
-    else:
-        for name in [user] if user else ["dnsmasq", "nobody"]:
-            with contextlib.suppress(KeyError):
-                entry = pwd.getpwnam(name)
-                break
-        else:
-            raise LanError(f"--user {user}: no such user" if user else "no user dnsmasq or nobody to run dnsmasq as")
-    return Account(entry.pw_name, entry.pw_uid, entry.pw_gid)
+    if os.geteuid() != 0:  # --user, or started unprivileged (systemd): the server is us, as we are
+        return Account(None, os.geteuid(), os.getegid())
+    for name in [user] if user else ["dnsmasq", "nobody"]:
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwnam(name)
+            return Account(entry.pw_name, entry.pw_uid, entry.pw_gid)
+    raise LanError(f"--user {user}: no such user" if user else "no user dnsmasq or nobody to run dnsmasq as")
 
 
 def unreachable_part(directory: Path, account: Account) -> Path | None:
@@ -243,8 +240,8 @@ class DhcpServer:
         """The server's user must reach its lease file (LanError if not)."""
         blocked = unreachable_part(self.lease_file.parent, self.account)
         if blocked is not None:
-            raise LanError(f"the DHCPv6 server runs as {self.account.name}, who cannot enter {blocked} "
-                           f"(see --state-dir)")
+            who = self.account.name or f"uid {self.account.uid}"
+            raise LanError(f"the DHCPv6 server runs as {who}, who cannot enter {blocked} (see --state-dir)")
 
     def prepare(self) -> None:
         """While still root: a lease file the server's user may write (dnsmasq opens it as that user)."""
