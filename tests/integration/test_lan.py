@@ -308,6 +308,25 @@ def test_nat_rebinding_moves_the_lan_to_the_new_114(home):
     assert [p.name for p in home.state_dir.iterdir()] == ["lan0.ula"]
 
 
+def test_lan_interface_set_down_and_up_again_is_set_up_again(home):
+    proc = start_gateway(home, "both")
+    dhcp_client(home, "h1")
+    laptop = wait_dhcp_address(home, "h1")
+    wait_ula_address(home, "t1")
+    wait_default_router(home, "t1")
+    before = gateway_state(home)
+    home.net.lab.sh(home.gateway, "ip link set lan0 down && sleep 0.5 && ip link set lan0 up")
+    home.lab.wait_for(lambda: "the LAN interface lan0 is up again" in home.lab.log(proc.name), 5, "the restore")
+    home.lab.wait_for(lambda: gateway_state(home)["addresses"] == before["addresses"], 5, "the addresses")
+    assert gateway_state(home)["proxies"] == before["proxies"]
+    assert "dev 6bed4" in home.net.lab.sh(home.gateway, f"ip -6 route get {lanid_address(tunnel_address(home), 0)}"
+                                          ).stdout  # and lanid 0 is not the gateway's anycast again
+    home.lab.wait_for(lambda: ping(home, "t1", topology.INET6, wait=1), 10, "the tablet")
+    home.lab.wait_for(lambda: ping(home, "h1", topology.INET6, wait=1), 10, "the laptop")
+    assert laptop in global_addresses(home, "h1")
+    assert home.lab.log(proc.name).count("hands out") == 2  # dnsmasq started again on the restored LAN
+
+
 # --- leaving nothing behind ------------------------------------------------------------------------
 
 
