@@ -219,7 +219,7 @@ def test_routed_dhcpv6_hosts_get_lanids_and_reach_everything(home, tmp_path):
 
 
 def test_nat66_slaac_hosts_get_the_kept_ula_and_are_translated(home):
-    proc = start_gateway(home, "nat66")
+    proc = start_gateway(home, "nat66", "--metrics", "127.0.0.1:9643")
     mine = tunnel_address(home)
     ula = ula_prefix(home)
     assert ula.prefixlen == 64 and ula.subnet_of(ipaddress.IPv6Network("fd00::/8"))
@@ -229,6 +229,14 @@ def test_nat66_slaac_hosts_get_the_kept_ula_and_are_translated(home):
     assert seen_from_internet(home, "t1") == mine  # the Internet sees the peer's 6bed4 address
     assert ping(home, "t1", mine)
     assert "hands out" not in home.lab.log(proc.name)  # no DHCPv6 server in this mode
+    # a device that comes (back) later solicits, and has its answer at once, not at the next periodic RA
+    home.sh("t1", "ip link set eth0 down && ip link set eth0 up")
+    joined = time.monotonic()
+    wait_default_router(home, "t1")
+    assert time.monotonic() - joined < 2
+    metrics = home.net.lab.metrics(home.gateway, "http://127.0.0.1:9643/metrics")
+    assert metrics[("sixbed4_peer_lan_rs_received_total", ())] >= 1
+    assert metrics[("sixbed4_peer_lan_ra_sent_total", ())] >= 3  # before and after the lease, and the answer
 
     # a lanid of the /114 that nobody holds is unreachable, not a loop through the router
     result = home.net.lab.sh(home.net.inet, f"ping -6 -c 1 -W 2 {lanid_address(mine, 7)}", check=False)
@@ -400,11 +408,12 @@ def run_gateway(home: Home, *args: str, env: dict | None = None) -> subprocess.C
     (["--lan", "lan0", "--dnsmasq", "/nonexistent/dnsmasq"], "needs the DHCPv6 server"),
     (["--lan", "lan0", "--lan-mode", "routed", "--dnsmasq", "no-such-dnsmasq"], "no-such-dnsmasq not found"),
     (["--lan", "6bed4"], "that is the tunnel device"),
+    (["--lan", "quiet1"], "--lan quiet1: the interface is down"),
 ])
 def test_wrong_lan_is_one_line_exit_2_and_nothing_changed(home, args, message):
     lab = home.net.lab
     lab.sh(home.gateway, "ip link add quiet0 type veth peer name quiet1 && "
-                         "sysctl -qw net.ipv6.conf.quiet0.addr_gen_mode=1 && ip link set quiet0 up")
+                         "sysctl -qw net.ipv6.conf.quiet0.addr_gen_mode=1 && ip link set quiet0 up")  # quiet1: down
     try:
         before = gateway_state(home)
         result = run_gateway(home, *args)

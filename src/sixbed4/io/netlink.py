@@ -212,29 +212,27 @@ class InterfaceSetup:
         if self._forget("addr", spec) and self.has_address(address, prefixlen):
             self._call(f"removing address {address}/{prefixlen}", "addr", "del", **spec)
 
+    def _delete(self, what: str, kind: str, spec: dict) -> None:
+        """Delete a route or neighbour entry; one that is gone already is fine."""
+        try:
+            getattr(self.ipr, kind)("del", **spec)
+        except NetlinkError as exc:
+            if exc.code not in (errno.ESRCH, errno.ENOENT):
+                raise NetlinkSetupError(exc.code, f"removing {what} on {self.ifname}: {_reason(exc)}") from None
+
     def remove_route(self, prefix: str, prefixlen: int, **extra) -> None:
         """Remove a route that add_route() added with the same arguments (others are left alone)."""
         spec = self._route_spec(prefix, prefixlen, extra)
         if self._forget("route", spec):
-            try:
-                self.ipr.route("del", **spec)
-            except NetlinkError as exc:
-                if exc.code not in (errno.ESRCH, errno.ENOENT):
-                    raise NetlinkSetupError(exc.code, f"removing route {prefix}/{prefixlen} via {self.ifname}: "
-                                                      f"{_reason(exc)}") from None
+            self._delete(f"route {prefix}/{prefixlen}", "route", spec)
 
     def drop_anycast(self, address: str) -> None:
         """Remove the kernel's local anycast route for `address` on this interface, if there is one.
 
         Not recorded: the kernel made it, with an address whose removal takes it away.
         """
-        try:
-            self.ipr.route("del", family=AF_INET6, dst=address, dst_len=128, type="anycast", table=LOCAL_TABLE,
-                           oif=self.index)
-        except NetlinkError as exc:
-            if exc.code not in (errno.ESRCH, errno.ENOENT):
-                raise NetlinkSetupError(exc.code, f"removing the anycast address {address} on {self.ifname}: "
-                                                  f"{_reason(exc)}") from None
+        self._delete(f"the anycast address {address}", "route", dict(
+            family=AF_INET6, dst=address, dst_len=128, type="anycast", table=LOCAL_TABLE, oif=self.index))
 
     def add_proxy_neighbour(self, address: str) -> None:
         """Answer Neighbor Solicitations for `address` on this interface (needs proxy_ndp and forwarding)."""
@@ -257,12 +255,7 @@ class InterfaceSetup:
         """Remove a proxy entry that add_proxy_neighbour() added."""
         spec = dict(dst=address, ifindex=self.index, family=AF_INET6, flags=NTF_PROXY)
         if self._forget("neigh", spec):
-            try:
-                self.ipr.neigh("del", **spec)
-            except NetlinkError as exc:
-                if exc.code not in (errno.ESRCH, errno.ENOENT):
-                    raise NetlinkSetupError(exc.code, f"removing proxy neighbour {address} on {self.ifname}: "
-                                                      f"{_reason(exc)}") from None
+            self._delete(f"proxy neighbour {address}", "neigh", spec)
 
     def restore(self) -> None:
         """Make again the recorded addresses and routes that are gone; what the kernel refuses is logged.
