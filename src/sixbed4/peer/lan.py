@@ -369,9 +369,8 @@ def nft(binary: str, script: str) -> str | None:
 class LanGateway:
     """The LAN of one 6bed4peer: core.lan's plans, put in place."""
 
-    def __init__(self, settings: LanSettings, config: lan.LanConfig, lan_setup: netlink.InterfaceSetup,
-                 tun_setup: netlink.InterfaceSetup, ra: RaSocket, server: DhcpServer | None, nft_binary: str | None):
-        self.settings = settings
+    def __init__(self, config: lan.LanConfig, lan_setup: netlink.InterfaceSetup, tun_setup: netlink.InterfaceSetup,
+                 ra: RaSocket, server: DhcpServer | None, nft_binary: str | None):
         self.config = config
         self.lan_setup = lan_setup
         self.tun_setup = tun_setup
@@ -425,7 +424,7 @@ class LanGateway:
         except OSError as exc:
             raise LanError(f"--lan {name}: cannot open the ICMPv6 socket for Router Advertisements: "
                            f"{exc.strerror}") from None
-        gateway = cls(settings, config, lan_setup, tun_setup, ra, server, nft_binary)
+        gateway = cls(config, lan_setup, tun_setup, ra, server, nft_binary)
         cleanup.callback(gateway.close)
         if server is not None:
             server.prepare()
@@ -515,6 +514,8 @@ class LanGateway:
     def lease_changed(self, lease: Lease | None, now: float) -> None:
         """The peer's /114 came, changed (NAT rebinding) or went: the LAN follows."""
         new = lan.plan(self.config, lease)
+        if new == self.plan:  # e.g. only the router's extra routes changed
+            return
         self._apply(new, now)
         log.info("LAN on %s now has %s", self.config.interface, new.describe())
 
