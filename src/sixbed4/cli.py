@@ -5,10 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import cliutil
+from . import cliutil, config
 from .core import addr
 
 DESCRIPTION = "Tools for 6bed4 (IPv6 over UDP/IPv4): addresses, host setup, proxy ND, the live demo."
+
+# Exit codes of the commands (the man page's EXIT STATUS section is made from this table).
+EXIT_STATUS = {
+    0: "success; host-setup apply or undo with nothing to do is a success too; demo: every check passed",
+    cliutil.EXIT_FAILURE: "host-setup apply failed (the changes of that run were taken back) or undo could not "
+                          "restore everything (the record is kept, to try again); demo: a check failed",
+    cliutil.EXIT_USAGE: "a wrong option, config file setting or address; nothing was changed",
+    130: "demo: interrupted (SIGINT or SIGTERM); the lab was taken down",
+}
 
 
 def cmd_addr(args: argparse.Namespace) -> int:
@@ -38,8 +47,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run as demo  # imports pyroute2 netns helpers: only when asked
 
     if args.down:
-        removed = demo.Lab.sweep(demo.TAG)
-        print(f"removed {len(removed)} demo namespaces")
+        removed = demo.Lab.take_down()
+        print(f"took down {len(removed)} demo lab(s){': ' if removed else ''}{' '.join(removed)}")
         return 0
     return demo.main("6bed4 demo", keep=args.keep, upstream=args.upstream, python=sys.executable)
 
@@ -68,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "who reaches whom. Exit code 0 only if everything passed.",
     )
     p.add_argument("--keep", action="store_true", help="leave the lab running and print how to enter it")
-    p.add_argument("--down", action="store_true", help="take down a lab left by --keep (or a crashed run)")
+    p.add_argument("--down", action="store_true",
+                   help="take down the labs left by --keep or by a demo that was killed (not a running demo's)")
     p.add_argument("--upstream", choices=("on-link", "routed"), default="on-link",
                    help="on-link: the upstream treats the /64 as on-link and the router answers ND for it "
                         "(proxy ND); routed: the upstream routes the /64 to the VM (default: %(default)s)")
@@ -80,13 +90,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """argv through the parser; a command that takes --config reads it with config.parse_with_config."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    command = commands.choices.get(argv[0]) if argv else None
+    if command is not None and "--config" in command._option_string_actions:  # noqa: SLF001
+        args = config.parse_with_config(command, argv[1:])
+        args.command = argv[0]
+        return args
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        args = parse(parser, argv)
         return args.func(args)
     except (addr.AddressError, cliutil.UsageError) as exc:
-        return cliutil.fail(f"{parser.prog} {args.command}", str(exc))
+        command = argv[0] if argv and not argv[0].startswith("-") else ""
+        return cliutil.fail(f"{parser.prog} {command}".strip(), str(exc))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,18 @@ import logging
 import os
 import sys
 
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
+
+# The daemons' exit codes (the man pages' EXIT STATUS section is made from this table).
+DAEMON_EXIT_STATUS = {
+    0: "stopped by SIGTERM or SIGINT, after removing what it had set up",
+    EXIT_FAILURE: "stopped by a fault while running, after removing what it had set up: an interface it depends on "
+                  "was deleted, a helper thread ended, or the datapath failed (the log says which); systemd's "
+                  "Restart=on-failure starts it again",
+    EXIT_USAGE: "did not start: a wrong option or config file setting, or a setup step failed (TUN device, "
+                "socket, permissions); nothing was left changed",
+}
 
 
 class UsageError(Exception):

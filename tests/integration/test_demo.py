@@ -1,17 +1,23 @@
-"""`6bed4 demo`, the README's first command: it passes end to end and leaves nothing behind."""
+"""`6bed4 demo`, the README's first command: it passes end to end, leaves nothing behind, and two demos
+on one machine do not meet (each names its namespaces after its own process id)."""
 
 from __future__ import annotations
 
 import re
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from pyroute2 import netns as pyroute2_netns
 
+from sixbed4.demo.lab import RECORDS
+
 DEMO = [sys.executable, "-m", "sixbed4.cli", "demo"]
+VENV_DEMO = [str(Path(sys.executable).parent / "6bed4"), "demo"]  # as ./dev demo runs it
 PEERS_AND_LAN = ("gateway", "laptop", "phone")  # global addresses
 HOME = ("gateway", "laptop", "tablet")  # the home LAN; the tablet has a ULA only
 EXPECTED_CELLS = {  # everyone behind 6bed4 to everything, and the Internet host back to the global addresses
@@ -22,8 +28,15 @@ EXPECTED_CELLS = {  # everyone behind 6bed4 to everything, and the Internet host
 }
 
 
-def demo_namespaces() -> list[str]:
-    return [name for name in pyroute2_netns.listnetns() if name.startswith("6bed4demo-")]
+def demo_namespaces(pid: int) -> list[str]:
+    """The namespaces of the demo with process id `pid`."""
+    return [name for name in pyroute2_netns.listnetns() if name.startswith(f"6bed4demo-{pid}-")]
+
+
+def run_demo(*args: str, command=DEMO, timeout: float = 120) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output, _ = proc.communicate(timeout=timeout)
+    return proc, output
 
 
 def parse_matrix(output: str) -> dict[tuple[str, str], str]:
@@ -42,45 +55,69 @@ def parse_matrix(output: str) -> dict[tuple[str, str], str]:
     return cells
 
 
-@pytest.fixture(autouse=True)
-def no_demo_left():
-    subprocess.run([*DEMO, "--down"], capture_output=True)
-    yield
-    left = demo_namespaces()
-    subprocess.run([*DEMO, "--down"], capture_output=True)
-    assert not left, f"the demo left namespaces behind: {left}"
+def assert_passed(proc: subprocess.Popen, output: str) -> None:
+    assert proc.returncode == 0, output
+    cells = parse_matrix(output)
+    assert set(cells) == EXPECTED_CELLS
+    assert set(cells.values()) == {"pass"}
+    assert re.search(r"iperf3 TCP, 3 s\): [\d.]+ Mbit/s", output)
+    assert f"ALL PASSED ({len(EXPECTED_CELLS)}/{len(EXPECTED_CELLS)}" in output
+    gateway = re.search(r"gateway has (2001:db8:9:10:c433:6407:[0-9a-f]+:8001)\n", output).group(1)
+    laptop = re.search(r"laptop has (2001:db8:9:10:c433:6407:[0-9a-f]+:[0-9a-f]+) \(lanid \d+ of the gateway's "
+                       r"/114, by DHCPv6\)", output).group(1)
+    assert laptop.rsplit(":", 2)[:2] == gateway.rsplit(":", 2)[:2] and laptop != gateway
+    assert re.search(r"tablet has fd[0-9a-f:]+ \(the gateway's ULA /64", output)
+    assert re.search(rf"nat66 \(iperf3 TCP, 1 s\): [\d.]+ Mbit/s, the internet host sees {gateway} \(the gateway\)",
+                     output)
+    assert "cleaned up" in output
+    assert demo_namespaces(proc.pid) == [] and not (RECORDS / f"6bed4demo-{proc.pid}.json").exists()
 
 
 @pytest.mark.parametrize("upstream", ["on-link", "routed"])
 def test_demo_passes_every_cell_and_cleans_up(upstream):
     started = time.monotonic()
-    result = subprocess.run([*DEMO, "--upstream", upstream], capture_output=True, text=True, timeout=120)
-    took = time.monotonic() - started
-    assert result.returncode == 0, result.stdout + result.stderr
-    cells = parse_matrix(result.stdout)
-    assert set(cells) == EXPECTED_CELLS
-    assert set(cells.values()) == {"pass"}
-    assert re.search(r"iperf3 TCP, 3 s\): [\d.]+ Mbit/s", result.stdout)
-    assert f"ALL PASSED ({len(EXPECTED_CELLS)}/{len(EXPECTED_CELLS)}" in result.stdout
-    gateway = re.search(r"gateway has (2001:db8:9:10:c433:6407:[0-9a-f]+:8001)\n", result.stdout).group(1)
-    laptop = re.search(r"laptop has (2001:db8:9:10:c433:6407:[0-9a-f]+:[0-9a-f]+) \(lanid \d+ of the gateway's "
-                       r"/114, by DHCPv6\)", result.stdout).group(1)
-    assert laptop.rsplit(":", 2)[:2] == gateway.rsplit(":", 2)[:2] and laptop != gateway
-    assert re.search(r"tablet has fd[0-9a-f:]+ \(the gateway's ULA /64", result.stdout)
-    assert re.search(rf"nat66 \(iperf3 TCP, 1 s\): [\d.]+ Mbit/s, the internet host sees {gateway} \(the gateway\)",
-                     result.stdout)
-    assert "cleaned up" in result.stdout
-    print(f"demo --upstream {upstream} took {took:.1f}s")
+    proc, output = run_demo("--upstream", upstream)
+    print(f"demo --upstream {upstream} took {time.monotonic() - started:.1f}s")
+    assert_passed(proc, output)
+
+
+def test_two_demos_at_once_both_pass():
+    first = subprocess.Popen([*DEMO, "--upstream", "routed"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    second, output = run_demo("--upstream", "routed", timeout=180)
+    first_output, _ = first.communicate(timeout=180)
+    assert_passed(first, first_output)
+    assert_passed(second, output)
+
+
+def test_kept_lab_comes_down_with_the_printed_command_and_nothing_else_does():
+    stranger = "6bed4demo-0-stranger"  # looks like a demo's, but no demo recorded it
+    pyroute2_netns.create(stranger)
+    try:
+        proc, output = run_demo("--keep", "--upstream", "routed", command=VENV_DEMO)
+        assert proc.returncode == 0, output
+        kept = demo_namespaces(proc.pid)
+        assert len(kept) >= 7 and all(f"ip netns exec {name} bash" in output for name in kept)
+        command = output.split("take it all down with:\n", 1)[1].strip()
+        assert command == f"{VENV_DEMO[0]} demo --down"  # the full path: works also when the venv is not on PATH
+        down = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=60)
+        assert down.returncode == 0 and f"6bed4demo-{proc.pid}" in down.stdout, down.stdout + down.stderr
+        assert demo_namespaces(proc.pid) == []
+        assert stranger in pyroute2_netns.listnetns()
+    finally:
+        pyroute2_netns.remove(stranger)
+        for name in demo_namespaces(proc.pid) if "proc" in locals() else []:
+            pyroute2_netns.remove(name)
 
 
 def test_demo_interrupted_cleans_up_and_says_so():
     proc = subprocess.Popen([*DEMO], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(demo_namespaces()) < 8:
+    while time.monotonic() < deadline and len(demo_namespaces(proc.pid)) < 8:
         time.sleep(0.1)
-    assert demo_namespaces(), "the demo never built its lab"
+    assert demo_namespaces(proc.pid), "the demo never built its lab"
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130, output
     assert "interrupted" in output and "cleaned up" in output
-    assert demo_namespaces() == []
+    assert demo_namespaces(proc.pid) == []

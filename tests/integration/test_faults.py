@@ -146,7 +146,9 @@ def test_router_sigkill_and_restart_under_iperf3(net, router, peers):  # noqa: F
 
     report = json.loads(lab.log("iperf3-server"))
     silent = zero_intervals(report)
-    outage = silent[-1][1] - silent[0][0] if silent else 0.0
+    # the time with nothing received, summed: on a loaded machine a lone empty 0.1 s interval
+    # can come seconds after the restart, and the span up to it is no outage
+    outage = sum(end - start for start, end in silent)
     print(f"iperf3 receiver silent for {outage:.1f}s in {len(silent)} intervals")
     assert outage <= (ready - killed) + RESUME_LIMIT
     assert report["intervals"][-1]["sum"]["bytes"] > 0  # the stream was flowing again at its end

@@ -9,7 +9,7 @@ from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 
 from tests.integration import topology
 from tests.integration.sixclient import SixClient
-from tests.netlab import Lab
+from tests.netlab import ROOT, Lab
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,9 @@ def test_metrics_count_traffic_and_drops_by_reason(net):
     assert samples[("sixbed4_router_to_udp_total", ())] >= 1
     info = samples[("sixbed4_router_info", (("address", "2001:db8:9:10:c000:201:64be:0"), ("prefix", "2001:db8:9:10::/64")))]
     assert info == 1
+    page = (ROOT / "man" / "6bed4router.8").read_text().replace("\\-", "-")
+    for name in {name for name, _labels in samples}:  # the man page's METRICS name every family scraped
+        assert name in page, name
 
 
 def test_config_file_is_equivalent_to_options_and_cli_overrides(net, tmp_path):

@@ -1,16 +1,26 @@
-"""The systemd units shipped in contrib/ (the example configurations: tests/unit/test_config.py)."""
+"""The systemd units shipped in contrib/ (as the package installs them: tests/integration/test_package.py;
+the example configurations: tests/unit/test_config.py)."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 CONTRIB = Path(__file__).resolve().parents[2] / "contrib"
-UNITS = ["6bed4router.service", "6bed4peer.service"]
+UNITS = ["6bed4router.service", "6bed4peer.service", "6bed4-host-setup.service"]
+
+
+def settings(unit: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in (CONTRIB / "systemd" / unit).read_text().splitlines()
+                if "=" in line and not line.startswith("#"))
 
 
 @pytest.mark.parametrize("unit", UNITS)
@@ -19,7 +29,7 @@ def test_unit_passes_systemd_analyze_verify_without_warnings(unit, tmp_path):
     assert verify, "systemd-analyze is missing: .ci/run installs systemd"
     text = (CONTRIB / "systemd" / unit).read_text()
     # point ExecStart at the programs of this installation (verify checks they exist)
-    text = text.replace("/usr/local/bin/", str(Path(sys.executable).parent) + "/")
+    text = text.replace("/usr/bin/6bed4", str(Path(sys.executable).parent / "6bed4"))
     (tmp_path / unit).write_text(text)
     result = subprocess.run([verify, "verify", "--man=no", str(tmp_path / unit)], capture_output=True, text=True)
     assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
@@ -27,11 +37,93 @@ def test_unit_passes_systemd_analyze_verify_without_warnings(unit, tmp_path):
 
 @pytest.mark.parametrize("unit", UNITS)
 def test_unit_is_hardened(unit):
-    settings = dict(
-        line.split("=", 1) for line in (CONTRIB / "systemd" / unit).read_text().splitlines()
-        if "=" in line and not line.startswith("#")
-    )
-    assert settings["Type"] == "notify" and settings["Restart"] == "on-failure"
-    assert settings["NoNewPrivileges"] == "yes" and settings["ProtectSystem"] == "strict"
-    assert set(settings["CapabilityBoundingSet"].split()) <= {"CAP_NET_ADMIN", "CAP_NET_RAW"}
+    s = settings(unit)
+    assert s["NoNewPrivileges"] == "yes" and s["ProtectSystem"] == "strict" and s["ProtectHome"] == "yes"
+    assert s["SystemCallFilter"] == "@system-service" and s["SystemCallArchitectures"] == "native"
+    assert "ProtectKernelTunables" not in s  # the daemons write their device's sysctls
+    caps = set(s["CapabilityBoundingSet"].split())
+    if unit == "6bed4-host-setup.service":
+        assert caps == {"CAP_NET_ADMIN"}
+        return
+    assert s["Type"] == "notify" and s["Restart"] == "on-failure" and s["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    # root only to open /dev/net/tun and bind; then --user: CAP_NET_ADMIN alone (io.service.drop_privileges)
+    assert s["ExecStart"].endswith(" --user _sixbed4") and "User" not in s and "DynamicUser" not in s
+    raw = {"CAP_NET_RAW"} if unit == "6bed4router.service" else set()  # the proxy ND packet socket
+    assert caps == {"CAP_NET_ADMIN", "CAP_SETUID", "CAP_SETGID"} | raw
+    assert s["DevicePolicy"] == "closed" and s["DeviceAllow"] == "/dev/net/tun rw"
 
+
+def test_host_setup_runs_at_boot_before_the_router_and_undoes_at_stop():
+    s = settings("6bed4-host-setup.service")
+    assert s["Type"] == "oneshot" and s["RemainAfterExit"] == "yes"
+    assert s["After"] == "network-online.target" and s["Wants"] == "network-online.target"
+    assert s["Before"] == "6bed4router.service"
+    assert s["ExecStart"] == "/usr/bin/6bed4 host-setup apply --config /etc/sixbed4/host-setup.toml"
+    assert s["ExecStop"] == "/usr/bin/6bed4 host-setup undo --config /etc/sixbed4/host-setup.toml"
+    assert s["RuntimeDirectory"] == "sixbed4"  # the record, /run/sixbed4/host-setup.json (hostsetup.apply)
+    assert "6bed4-host-setup.service" in settings("6bed4router.service")["After"]
+    assert s["WantedBy"] == "multi-user.target"
+
+
+def test_the_record_lives_where_the_unit_lets_it_write():
+    from sixbed4.hostsetup.apply import DEFAULT_STATE_FILE
+
+    assert str(DEFAULT_STATE_FILE.parent) == "/run/" + settings("6bed4-host-setup.service")["RuntimeDirectory"]
+
+
+def syscall_group(name: str) -> set[str]:
+    """The system calls of a systemd syscall group such as @system-service, nested groups expanded."""
+    listing = subprocess.run(["systemd-analyze", "syscall-filter"], capture_output=True, text=True, check=True).stdout
+    groups: dict[str, list[str]] = {}
+    for line in listing.splitlines():
+        if line.startswith("@"):
+            current = groups.setdefault(line.split()[0], [])
+        elif line.strip() and not line.strip().startswith("#"):
+            current.append(line.split()[0])
+    calls, todo = set(), [name]
+    while todo:
+        for item in groups[todo.pop()]:
+            if item.startswith("@"):
+                todo.append(item)
+            else:
+                calls.add(item)
+    return calls
+
+
+def test_the_daemons_make_no_system_call_the_units_filter_out(tmp_path):
+    """strace the router (proxy ND, metrics, --user, SIGHUP) and a peer (hook, metrics, --user) through a
+    ping: every system call they and the hook make is in the units' SystemCallFilter=@system-service."""
+    from tests.integration import topology
+    from tests.netlab import Lab
+
+    assert all(settings(unit)["SystemCallFilter"] == "@system-service" for unit in UNITS[:2])
+    allowed = syscall_group("@system-service")
+    hook = tmp_path / "hook"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    hook.chmod(0o755)
+    traces = {"router": tmp_path / "router.trace", "peer": tmp_path / "peer.trace"}
+    with Lab("sc") as lab:
+        net = topology.build(lab, ("mob",))
+        common = ["--metrics", "127.0.0.1:9640", "--user", "nobody"]
+        router = lab.start(net.router, ["strace", "-f", "-qq", "-o", str(traces["router"]), sys.executable, "-m",
+                                        "sixbed4.router.cli", "-l", topology.ROUTER_V4, "-L", topology.PREFIX,
+                                        "--proxy-nd", "up6", *common], "router")
+        lab.wait_for(lambda: "serving" in lab.log("router"), 20, "router start")
+        peer = lab.start(net.clients["mob"].ns, ["strace", "-f", "-qq", "-o", str(traces["peer"]), sys.executable,
+                                                 "-m", "sixbed4.peer.cli", "-s", topology.ROUTER_V4, "-r",
+                                                 "-x", str(hook), *common], "peer")
+        lab.wait_for(lambda: "assigned" in lab.log("peer"), 20, "peer address")
+        lab.sh(net.clients["mob"].ns, f"ping -6 -c 2 -i 0.2 {topology.INET6}")
+        lab.metrics(net.router, "http://127.0.0.1:9640/metrics")
+        lab.metrics(net.clients["mob"].ns, "http://127.0.0.1:9640/metrics")
+        daemons = [int(subprocess.run(["ps", "-o", "pid=", "--ppid", str(p.pid)], capture_output=True,
+                                      text=True).stdout.split()[0]) for p in (router, peer)]  # strace's child
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            for pid in daemons:
+                os.kill(pid, sig)
+            time.sleep(1.5)
+        assert router.wait(10) == 0 and peer.wait(10) == 0
+    for name, trace in traces.items():
+        calls = set(re.findall(r"^\d+ +([a-z0-9_]+)\(", trace.read_text(), re.M))
+        assert "setuid" in calls or "setresuid" in calls  # the trace covers the switch to --user
+        assert calls - allowed == set(), name

@@ -1,13 +1,17 @@
 """Network namespaces for the demo, built through pyroute2, always torn down.
 
-Every namespace is named `<tag>-<role>`; `Lab.sweep()` removes those a crashed
-earlier run left behind, and `close()` kills the lab's processes and deletes
-its namespaces whatever happened.
+Every namespace is named `<tag>-<role>`, the tag unique to the run (it carries
+the demo's process id), so that two demos on one machine never meet.  A lab
+records itself in RECORDS while it exists; `close()` kills the lab's processes,
+deletes its namespaces and its record whatever happened.  A lab left up by
+--keep, or by a run that was killed, keeps its record: `Lab.take_down()` finds
+it there (and touches nothing that no record names).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +24,7 @@ from pyroute2 import netns as pyroute2_netns
 from ..io import netlink
 
 AF_INET6 = 10
+RECORDS = Path("/run/6bed4demo")  # one <tag>.json per lab that is up
 
 
 def _enter(name: str):
@@ -27,23 +32,54 @@ def _enter(name: str):
     return lambda: pyroute2_netns.setns(name, flags=0)
 
 
+def _started(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot), or None if there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 class Lab:
     def __init__(self, tag: str = "6bed4demo"):
-        self.tag = tag
+        self.tag = f"{tag}-{os.getpid()}"
         self.namespaces: list[str] = []
         self.processes: list[subprocess.Popen] = []
-        self.logdir = Path(tempfile.mkdtemp(prefix=f"{tag}-"))
+        self.logdir = Path(tempfile.mkdtemp(prefix=f"{self.tag}-"))
+        self.record = RECORDS / f"{self.tag}.json"
+        self._write_record(kept=False)
+
+    def _write_record(self, kept: bool) -> None:
+        RECORDS.mkdir(parents=True, exist_ok=True)
+        self.record.write_text(json.dumps({"tag": self.tag, "pid": os.getpid(), "started": _started(os.getpid()),
+                                           "kept": kept, "logdir": str(self.logdir)}) + "\n")
+
+    def keep(self) -> None:
+        """Leave the lab up: its record says so, for take_down()."""
+        self._write_record(kept=True)
 
     @staticmethod
-    def sweep(tag: str) -> list[str]:
-        """Delete namespaces of an earlier run with this tag; returns their names."""
-        stale = [name for name in pyroute2_netns.listnetns() if name.startswith(f"{tag}-")]
-        for name in stale:
-            for pid in pyroute2_netns.ns_pids().get(name, []):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            pyroute2_netns.remove(name)
-        return stale
+    def take_down() -> list[str]:
+        """Remove the labs that --keep left up or whose demo was killed; returns their tags.
+
+        A lab whose demo still runs is left alone, and so is every namespace no record names.
+        """
+        removed = []
+        for record in sorted(RECORDS.glob("*.json")):
+            try:
+                lab = json.loads(record.read_text())
+            except (OSError, ValueError):
+                continue
+            if not lab["kept"] and _started(lab["pid"]) == lab["started"]:
+                continue  # that demo is running: it cleans up after itself
+            for name in [n for n in pyroute2_netns.listnetns() if n.startswith(f"{lab['tag']}-")]:
+                for pid in pyroute2_netns.ns_pids().get(name, []):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                pyroute2_netns.remove(name)
+            record.unlink(missing_ok=True)
+            removed.append(lab["tag"])
+        return removed
 
     def name(self, role: str) -> str:
         return f"{self.tag}-{role}"
@@ -136,3 +172,4 @@ class Lab:
             with contextlib.suppress(OSError):
                 pyroute2_netns.remove(name)
         self.namespaces.clear()
+        self.record.unlink(missing_ok=True)

@@ -113,13 +113,13 @@ def print_matrix(cells: list[Cell], sources: list[str], targets: list[str], out=
 def main(argv_prog: str, keep: bool, upstream: str, python: str) -> int:
     """Run the demo; exit code 0 only if every cell of the matrix passed."""
     progress = Progress()
+    if os.geteuid() != 0:
+        print(f"{argv_prog}: needs root (it builds network namespaces)", file=sys.stderr)
+        return 2
     for tool in ("ping", "nft", "iperf3", "dnsmasq", "dhclient"):
         if find(tool) is None:
             print(f"{argv_prog}: {tool} is missing (./dev setup installs it)", file=sys.stderr)
             return 2
-    stale = Lab.sweep(TAG)
-    if stale:
-        progress.step(f"removed {len(stale)} namespaces left by an earlier run")
     lab = Lab(TAG)
     demo_pid = os.getpid()
 
@@ -147,6 +147,7 @@ def main(argv_prog: str, keep: bool, upstream: str, python: str) -> int:
     finally:
         progress.interrupted = False  # reported above; cleanup must run to the end
         if keep and lab.namespaces:
+            lab.keep()
             _print_keep(lab)
         else:
             lab.close()
@@ -302,4 +303,15 @@ def _print_keep(lab: Lab) -> None:
     print("\nthe lab stays up (--keep). Enter a namespace with:")
     for name in lab.namespaces:
         print(f"    ip netns exec {name} bash")
-    print(f"logs are in {lab.logdir}\ntake it all down with:\n    6bed4 demo --down")
+    print(f"logs are in {lab.logdir}\ntake it all down with:\n    {shlex.join(down_command())}")
+
+
+def down_command() -> list[str]:
+    """`6bed4 demo --down` as this demo was started, so that it works as printed (e.g. from a venv)."""
+    program = Path(sys.argv[0])
+    if program.name != "6bed4":  # python -m sixbed4.cli
+        return [sys.executable, "-m", "sixbed4.cli", "demo", "--down"]
+    on_path = shutil.which("6bed4")
+    if on_path and Path(on_path).resolve() == program.resolve():
+        return ["6bed4", "demo", "--down"]
+    return [str(program.resolve()), "demo", "--down"]

@@ -24,7 +24,7 @@ from ..io import netlink
 log = logging.getLogger(__name__)
 
 AF_INET6 = 10
-DEFAULT_STATE_FILE = Path("/var/lib/6bed4/host-setup.json")
+DEFAULT_STATE_FILE = Path("/run/sixbed4/host-setup.json")  # the changes end with a reboot, so does their record
 STATE_VERSION = 1
 
 

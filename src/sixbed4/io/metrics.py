@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
+import threading
+from socketserver import ThreadingMixIn
 from typing import Callable, Iterable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import start_http_server
+from prometheus_client import make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
@@ -91,14 +95,30 @@ class MetricsError(RuntimeError):
     pass
 
 
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args) -> None:  # no line per scrape
+        pass
+
+
 def serve_metrics(listen: tuple[str, int], *collectors: CountersCollector):
-    """Start the HTTP exporter in a background thread; returns the server (call its shutdown())."""
+    """Start the HTTP exporter in a background thread; returns the server (call its shutdown()).
+
+    The server is ours rather than prometheus_client's start_http_server, which
+    returns nothing to stop it with before 0.17 (Debian 12 has 0.16).
+    """
     registry = CollectorRegistry(auto_describe=False)
     for collector in collectors:
         registry.register(collector)
+    server_class = type("MetricsServer", (_Server,), {"address_family": socket.AF_INET6 if ":" in listen[0]
+                                                       else socket.AF_INET})
     try:
-        server, _ = start_http_server(listen[1], addr=listen[0], registry=registry)
+        server = make_server(listen[0], listen[1], make_wsgi_app(registry), server_class, handler_class=_Quiet)
     except OSError as exc:
         raise MetricsError("metrics on %s:%d: %s" % (*listen, exc.strerror or exc)) from None
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     log.info("metrics on http://%s:%d/metrics", *listen)
     return server

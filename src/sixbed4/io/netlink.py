@@ -4,8 +4,8 @@
 those, in reverse order: what the daemon added goes away on exit, what was
 there before stays; `restore()` makes its addresses and routes again after the
 kernel dropped them (a device set down).  `LinkWatch` notices when an interface
-the daemon depends on (its TUN device, its uplink) is deleted under it, or set
-down and up again.
+the daemon depends on (its TUN device, its uplink, the router's proxy-ND
+interface) is deleted under it, or set down and up again.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import struct
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -137,10 +138,11 @@ class InterfaceSetup:
                 return True
         return False
 
-    def add_address(self, address: str, prefixlen: int, *, prefix_route: bool = False) -> None:
+    def add_address(self, address: str, prefixlen: int, *, prefix_route: bool = False, adopt: bool = False) -> None:
+        """Add an address; one that is there already is left alone, or with `adopt` taken as ours (undo removes it)."""
         spec = dict(index=self.index, address=address, prefixlen=prefixlen)
         change = _Change("addr", spec, dict(IFA_FLAGS=IFA_F_NODAD | (0 if prefix_route else IFA_F_NOPREFIXROUTE)))
-        if self._add_address(change):
+        if self._add_address(change) or adopt:
             self._remember(change)
 
     def _add_address(self, change: _Change) -> bool:
@@ -156,8 +158,9 @@ class InterfaceSetup:
             return dict(dst=prefix, dst_len=prefixlen, family=AF_INET6, **extra)
         return dict(dst=prefix, dst_len=prefixlen, oif=self.index, family=AF_INET6, **extra)
 
-    def add_route(self, prefix: str, prefixlen: int, **extra) -> None:
-        """Add a route through this interface (kept as it is if this very route exists already).
+    def add_route(self, prefix: str, prefixlen: int, *, adopt: bool = False, **extra) -> None:
+        """Add a route through this interface (kept as it is if this very route exists already; with
+        `adopt` also taken as ours, so that undo removes it).
 
         With type="unreachable" it is a route through no interface that answers
         ICMPv6 unreachable (still one of this setup's changes, undone with them).
@@ -166,7 +169,7 @@ class InterfaceSetup:
         for the prefix with the same metric is in the way (the kernel says "exists").
         """
         spec = self._route_spec(prefix, prefixlen, extra)
-        if self._add_route(spec):
+        if self._add_route(spec) or adopt:
             self._remember(_Change("route", spec))
 
     def _add_route(self, spec: dict) -> bool:
@@ -322,10 +325,15 @@ class LinkWatch:
     (`ip link set DEV down`) is not dead: that is logged once, and once more
     when it is up again; the kernel dropped its addresses and routes meanwhile,
     so a link with a `restore` callback gets its configuration back then.
+
+    Helper threads a daemon cannot work without (the router's proxy ND
+    responder) are watched too: one that ended ends the daemon as a deleted
+    interface does.
     """
 
     def __init__(self) -> None:
         self.links: dict[int, str] = {}  # index -> what it is, e.g. "uplink eth0"
+        self.threads: list[tuple[threading.Thread, str]] = []
         self.when_down: dict[int, str] = {}  # index -> what being down means for the daemon
         self.restorers: dict[int, Callable[[], None]] = {}
         self.down: set[int] = set()
@@ -351,19 +359,30 @@ class LinkWatch:
         return watch
 
     def add(self, index: int, what: str, when_down: str, restore: Callable[[], None] | None = None) -> None:
-        """Watch interface `index`; `what` names it in the log, `when_down` says what its being down means."""
+        """Watch interface `index`; `what` names it in the log, `when_down` says what its being down means.
+
+        An interface with two roles (the uplink is the proxy-ND interface too) keeps its first.
+        """
+        if index in self.links:
+            return
         self.links[index] = what
         self.when_down[index] = when_down
         if restore is not None:
             self.restorers[index] = restore
 
+    def add_thread(self, thread: threading.Thread, what: str) -> None:
+        self.threads.append((thread, what))
+
     def missing(self) -> str | None:
-        """The first watched interface that no longer exists, or None."""
+        """What is gone, e.g. "uplink eth0 was deleted", or None."""
         for index, what in self.links.items():
             try:
                 socket.if_indextoname(index)  # one ioctl: cheap enough for every timer tick
             except OSError:
-                return what
+                return f"{what} was deleted"
+        for thread, what in self.threads:
+            if not thread.is_alive():
+                return f"{what} stopped"
         return None
 
     def is_up(self, index: int) -> bool | None:
@@ -376,10 +395,10 @@ class LinkWatch:
         return bool(struct.unpack_from("16sH", request)[1] & IFF_UP)
 
     def check(self) -> None:
-        """Raise LinkGone if a watched interface was deleted; log one that went down or came up."""
+        """Raise LinkGone if a watched interface was deleted (or thread ended); log one that went down or came up."""
         gone = self.missing()
         if gone:
-            raise LinkGone(f"{gone} was deleted")
+            raise LinkGone(gone)
         for index, what in self.links.items():
             up = self.is_up(index)
             if up is False and index not in self.down:
@@ -408,7 +427,7 @@ class LinkWatch:
         """Why the datapath stopped: a deleted interface if there is one, else the error itself."""
         gone = self.missing()
         if gone and not isinstance(exc, LinkGone):
-            return f"{gone} was deleted ({exc})"
+            return f"{gone} ({exc})"
         return str(exc)
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""Service integration: systemd readiness notification and dropping privileges.
+"""Service integration: signals, systemd notifications and dropping privileges.
 
 After the daemon has its TUN device and sockets, it no longer needs root: it
 switches to an unprivileged user and keeps only CAP_NET_ADMIN (to change
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import os
 import pwd
@@ -32,6 +33,58 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 class PrivilegeError(OSError):
     """Dropping privileges failed; str() is the one-line explanation."""
+
+
+def handle_signals(table: dict, stop, reload=None) -> None:
+    """Install the handlers that a daemon's SIGNALS table names: "stop" calls stop(), "reload" asks `reload`.
+
+    The handlers only set flags (the datapath's epoll wakes up for them); the
+    reload itself runs from the datapath's timer (see reloading()).
+    """
+
+    def on_stop(signum, _frame):
+        log.info("%s received, shutting down", signal.Signals(signum).name)
+        stop()
+
+    def on_reload(signum, _frame):
+        if reload is None:
+            log.info("%s received: no configuration to reload", signal.Signals(signum).name)
+        else:
+            reload.request()
+
+    handlers = {"stop": on_stop, "reload": on_reload}
+    for signum, (kind, _what) in table.items():
+        if kind is not None:
+            signal.signal(signum, handlers[kind])
+
+
+def reloading(reload, settings, on_tick, live: frozenset[str] = frozenset(), apply=None, ready=lambda: True):
+    """A datapath on_tick that first carries out a requested reload, then calls on_tick.
+
+    `live` names the settings the daemon changes while running, through
+    apply(new settings); the others keep their value until the next start (and
+    are reported again by the next reload while they differ).  systemd hears
+    RELOADING=1 and then READY=1, the latter only if ready() (a peer that has no
+    address yet is not ready after a reload either).
+    """
+    if reload is None:
+        return on_tick
+    running = settings
+
+    def tick(now: float) -> None:
+        nonlocal running
+        if reload.due():
+            notify("RELOADING=1")
+            new = reload.check(running, live)
+            if new is not None:
+                running = dataclasses.replace(running, **{name: getattr(new, name) for name in live})
+                if apply is not None:
+                    apply(running)
+            if ready():
+                notify("READY=1")
+        on_tick(now)
+
+    return tick
 
 
 def notify(state: str) -> bool:

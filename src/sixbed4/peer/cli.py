@@ -59,6 +59,7 @@ def parse_keepalive(text: str) -> tuple[float, int]:
 def build_parser() -> argparse.ArgumentParser:
     p = cliutil.Parser(
         prog="6bed4peer",
+        usage=config.usage("6bed4peer", "-s IPV4"),
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local UDP port (default: a random one; not 25790, the routers' port)")
     p.add_argument("-l", "--v4listen", metavar="IPV4", default="0.0.0.0",
                    help="local IPv4 address to bind (default: %(default)s)")
-    p.add_argument("-r", "--default-route", action="store_true",
+    p.add_argument("-r", "--default-route", action=argparse.BooleanOptionalAction, default=False,
                    help="route all IPv6 through the router (default route via fe80::, metric 1042)")
     p.add_argument("-k", "--keepalive", metavar="PERIOD[,TTL]", type=parse_keepalive,
                    default=(DEFAULT_KEEPALIVE, DEFAULT_KEEPALIVE_TTL),
@@ -79,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-x", "--exthook", metavar="SCRIPT", help="extension hook script (see below)")
     p.add_argument("-d", "--tundev", metavar="NAME",
                    help="use this existing TUN device instead of creating '6bed4' (left in place on exit)")
-    p.add_argument("-f", "--foreground", action="store_true", help="accepted for compatibility: always in foreground")
-    p.add_argument("-e", "--log-stderr", action="store_true", help="accepted for compatibility: always logs to stderr")
+    p.add_argument("-f", "--foreground", action=argparse.BooleanOptionalAction, default=True,
+                   help="accepted for compatibility: always in the foreground")
+    p.add_argument("-e", "--log-stderr", action=argparse.BooleanOptionalAction, default=True,
+                   help="accepted for compatibility: always logs to stderr")
     gateway = p.add_argument_group("home gateway")
     gateway.add_argument("--lan", metavar="IF",
                          help="be the IPv6 gateway of the LAN on interface IF (implies -r): Router Advertisements, "

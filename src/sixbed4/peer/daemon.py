@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 
 from .. import cliutil
+from ..config import Reload
 from ..core import addr
 from ..core.peer import Configure, Datagram, Lease, Notice, PeerConfig, PeerCore, Unconfigure
 from ..io import netlink, service
@@ -37,6 +38,20 @@ DEFAULT_ROUTE_METRIC = 1042
 ROUTE_METRIC = 1052
 ROUTER_LINK_LOCAL = "fe80::"
 HOOK_TIMEOUT = 10.0
+
+# What each signal does (the man page's SIGNALS section is made from this table).
+SIGNALS = {
+    signal.SIGTERM: ("stop", "stop cleanly: tell the hook del-offers, remove the address and routes and the TUN "
+                             "device the peer created (with --lan: a last RA with router lifetime 0 on the LAN, "
+                             "dnsmasq stopped, the LAN's addresses, routes and nftables table removed), exit 0"),
+    signal.SIGINT: ("stop", "the same as SIGTERM"),
+    signal.SIGHUP: ("reload", "read the --config file again; a new log-level and a new exthook take effect at once "
+                              "(the old hook is told del-offers, the new one gets the offers), without dropping a "
+                              "packet; any other changed setting is logged and takes effect at the next start"),
+    signal.SIGKILL: (None, "the kernel removes the TUN device the peer created, with its address and routes; the "
+                           "hook is not told, so offers it made stay until the next start's del-offers"),
+}
+LIVE_SETTINGS = frozenset({"hook"})  # what a reload changes in a running peer
 
 
 @dataclass(frozen=True)
@@ -178,6 +193,7 @@ class Ticker:
         self.sock = sock
         self.applier = applier
         self.lan = lan
+        self.ready = False  # told systemd READY=1: once the first address is configured
         self.default_ttl = sock.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
         self.router = core.config.router
 
@@ -225,6 +241,23 @@ class Ticker:
         else:
             log.info("routes changed: %s", event.lease.describe())
         self.applied(lambda: self.applier.apply(event.lease, event.old))
+        status = f"STATUS=address {addr.format_address(event.lease.address)} from router {self.router[0]}"
+        service.notify(status if self.ready else f"READY=1\n{status}")
+        self.ready = True
+
+    def change_hook(self, script: str | None) -> None:
+        """A new -x hook (SIGHUP): the old one withdraws its offers, the new one gets the current lease."""
+        hook = self.applier.hook
+        if script == hook.script:
+            return
+        if script and shutil.which(script) is None:
+            log.error("-x %s: no such executable file; keeping the hook %s", script, hook.script)
+            return
+        if hook.offered:
+            hook.withdraw()
+        hook.script = script
+        if self.core.lease is not None:
+            hook.offer(self.core.lease)
 
     @staticmethod
     def applied(change) -> None:
@@ -234,7 +267,7 @@ class Ticker:
             log.error("%s", exc.strerror or exc)
 
 
-def run_peer(settings: PeerSettings, prog: str = "6bed4peer") -> int:
+def run_peer(settings: PeerSettings, prog: str = "6bed4peer", reload: Reload | None = None) -> int:
     config = settings.config
     if settings.hook and shutil.which(settings.hook) is None:
         return cliutil.fail(prog, f"-x {settings.hook}: no such executable file")
@@ -297,17 +330,14 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer") -> int:
         if watch.uplink is None:
             log.warning("no route to the router %s yet: not watching an uplink", config.router_ipv4)
 
-        def on_signal(signum, _frame):
-            log.info("%s received, shutting down", signal.Signals(signum).name)
-            datapath.stop()
-
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, on_signal)
+        service.handle_signals(SIGNALS, stop=datapath.stop, reload=reload)
         ticker = Ticker(core, sock, applier, gateway)
-        service.notify("READY=1")
+        service.notify(f"STATUS=soliciting router {config.router_ipv4}")  # READY=1 comes with the address
+        on_tick = service.reloading(reload, settings, ticker, LIVE_SETTINGS,
+                                    apply=lambda running: ticker.change_hook(running.hook), ready=lambda: ticker.ready)
         try:
             ticker(datapath.clock())  # the first RS now, not a tick later
-            datapath.run(on_tick=watch.guarding(ticker), tick=TICK)
+            datapath.run(on_tick=watch.guarding(on_tick), tick=TICK)
         except (DatapathError, netlink.LinkGone) as exc:
             log.error("%s; exiting", watch.explain(exc))
             return 1

@@ -28,23 +28,27 @@ example: 6bed4router -l 192.0.2.1 -L 2001:db8:9:10::/64
 
 
 class _Ordered(argparse.Action):
-    """Keep -m/-s/-t/-u/-i in command-line order: a port rule takes the last -m before it."""
+    """Keep -m/-s/-t/-u/-i in command-line order in `masq`: a port rule takes the last -m before it."""
+
+    repeatable = True  # in a config file too: tcp = ["80", "443"]
 
     def __call__(self, parser, namespace, values, option_string=None):
-        items = getattr(namespace, "masq", None) or []
-        items.append((self.dest, values, option_string))
-        namespace.masq = items
+        items = list(getattr(namespace, self.dest, None) or [])
+        items.append((self.const, values, option_string))
+        setattr(namespace, self.dest, items)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = cliutil.Parser(
         prog="6bed4router",
+        usage=config.usage("6bed4router", "-l IPV4"),
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-l", "--v4listen", metavar="IPV4", required=True,
-                   help="the router's public IPv4 address (used in addresses and ND; bound unless -x or --bind)")
+    p.add_argument("-l", "--v4listen", metavar="IPV4",
+                   help="the router's public IPv4 address (used in addresses and ND; bound unless -x or --bind); "
+                        "required")
     p.add_argument("-L", "--v6prefix", metavar="PREFIX/LEN",
                    help="served prefix, completed to a /64: /16 + netid, /32 + IPv4, /48 + netid, /64 as is, "
                         "fd00::/8 shorter than /64 filled pseudo-randomly (default fc64::/16)")
@@ -59,18 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="public UDP port (default: %(default)s)")
     p.add_argument("--bind", metavar="IPV4", help="bind this address instead of -l (e.g. 0.0.0.0 behind 1:1 NAT)")
     p.add_argument("--tun-name", default="6bed4", metavar="NAME", help="name of the TUN device to create (default: %(default)s)")
-    p.add_argument("--no-prefix-route", action="store_true",
-                   help="do not route the served /64 into the TUN device (you route it yourself)")
+    p.add_argument("--prefix-route", action=argparse.BooleanOptionalAction, default=True,
+                   help="route the served /64 into the TUN device; --no-prefix-route: you route it yourself")
     p.add_argument("--proxy-nd", metavar="IF",
                    help="answer Neighbor Solicitations on this uplink for the 6bed4 addresses of the /64 and the "
                         "host's own addresses moved off it (when the upstream treats the /64 as on-link)")
     group = p.add_argument_group("masquerading (as the C router)")
-    group.add_argument("-m", "--masqhost", metavar="IPV6", action=_Ordered, dest="host",
+    group.add_argument("-m", "--masqhost", metavar="IPV6", action=_Ordered, dest="masq", const="host",
                        help="host that masqueraded ports go to")
-    group.add_argument("-s", "--sctp", metavar="PORT[:PORT]", action=_Ordered, dest="sctp", help="masquerade SCTP ports")
-    group.add_argument("-t", "--tcp", metavar="PORT[:PORT]", action=_Ordered, dest="tcp", help="masquerade TCP ports")
-    group.add_argument("-u", "--udp", metavar="PORT[:PORT]", action=_Ordered, dest="udp", help="masquerade UDP ports")
-    group.add_argument("-i", "--icmp", action=_Ordered, nargs=0, dest="icmp", help="masquerade ICMPv6 Echo")
+    group.add_argument("-s", "--sctp", metavar="PORT[:PORT]", action=_Ordered, dest="masq", const="sctp",
+                       help="masquerade SCTP ports")
+    group.add_argument("-t", "--tcp", metavar="PORT[:PORT]", action=_Ordered, dest="masq", const="tcp",
+                       help="masquerade TCP ports")
+    group.add_argument("-u", "--udp", metavar="PORT[:PORT]", action=_Ordered, dest="masq", const="udp",
+                       help="masquerade UDP ports")
+    group.add_argument("-i", "--icmp", action=_Ordered, nargs=0, dest="masq", const="icmp",
+                       help="masquerade ICMPv6 Echo")
     ops = p.add_argument_group("operations")
     ops.add_argument("--metrics", metavar="HOST:PORT", type=parse_listen,
                      help="serve Prometheus metrics over HTTP, e.g. 127.0.0.1:9640")
@@ -112,6 +120,8 @@ def masquerade_rules(items, router_address: bytes) -> tuple[MasqRule, ...]:
 
 def settings_from_args(args: argparse.Namespace) -> RouterSettings:
     """Turn parsed options into settings; AddressError/UsageError name what is wrong."""
+    if not args.v4listen:
+        raise cliutil.UsageError("no public IPv4 address given: use -l IPV4 (or v4listen in the --config file)")
     ipv4 = addr.parse_ipv4(args.v4listen, "-l")
     if not addr.is_sendable_ipv4(ipv4):
         raise cliutil.UsageError(f"-l {args.v4listen}: not a unicast IPv4 address")
@@ -120,7 +130,7 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
     base = RouterConfig(prefix=prefix, ipv4=ipv4, port=args.port, routes=routes)
     config = RouterConfig(
         prefix=prefix, ipv4=ipv4, port=args.port, routes=routes,
-        masquerade=masquerade_rules(getattr(args, "masq", None) or [], base.address),
+        masquerade=masquerade_rules(args.masq or [], base.address),
     )
     if args.xlate is not None:
         bind = ("127.0.0.1", args.xlate)
@@ -133,7 +143,7 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
         bind=bind,
         tun_name=args.tundev or args.tun_name,
         create_tun=args.tundev is None,
-        prefix_route=not args.no_prefix_route,
+        prefix_route=args.prefix_route,
         proxy_nd=args.proxy_nd,
         metrics=args.metrics,
         user=args.user,

@@ -8,6 +8,7 @@ import signal
 from dataclasses import dataclass
 
 from .. import cliutil
+from ..config import Reload
 from ..core import addr
 from ..core.router import RouterConfig, RouterCore
 from ..io import netlink
@@ -21,6 +22,18 @@ from ..io.udp import UdpError, open_udp
 log = logging.getLogger("6bed4router")
 
 TUN_MTU = 1280
+
+# What each signal does (the man page's SIGNALS section is made from this table).
+SIGNALS = {
+    signal.SIGTERM: ("stop", "stop cleanly: remove the TUN device the router created (with -d: the addresses and "
+                             "route the router put on the device), exit 0"),
+    signal.SIGINT: ("stop", "the same as SIGTERM"),
+    signal.SIGHUP: ("reload", "read the --config file again; a new log-level takes effect at once, without dropping "
+                              "a packet; any other changed setting is logged and takes effect at the next start"),
+    signal.SIGKILL: (None, "the kernel removes the TUN device the router created, with its addresses and route, so "
+                           "a restart works at once; with -d the router's addresses and route stay on the device "
+                           "until the next start takes them over and a clean stop removes them"),
+}
 
 
 @dataclass(frozen=True)
@@ -36,15 +49,19 @@ class RouterSettings:
 
 
 def configure_tun(setup: netlink.InterfaceSetup, config: RouterConfig, prefix_route: bool) -> None:
-    """Addresses as the C router: fe80:: and the router's global address; the /64 routed in."""
+    """Addresses as the C router: fe80:: and the router's global address; the /64 routed in.
+
+    Those found on the device already (an existing device, -d, after a SIGKILL) are
+    adopted: a clean stop removes them too, so nothing stays behind.
+    """
     setup.set_sysctl("addr_gen_mode", "1")  # no kernel-chosen link-local address
     setup.set_sysctl("accept_ra", "0")
     setup.set_sysctl("autoconf", "0")
     setup.link_up(TUN_MTU)
-    setup.add_address("fe80::", 64, prefix_route=True)
-    setup.add_address(addr.format_address(config.address), 128)
+    setup.add_address("fe80::", 64, prefix_route=True, adopt=True)
+    setup.add_address(addr.format_address(config.address), 128, adopt=True)
     if prefix_route:
-        setup.add_route(addr.format_address(config.prefix + bytes(8)), 64)
+        setup.add_route(addr.format_address(config.prefix + bytes(8)), 64, adopt=True)
 
 
 class NotableEvents:
@@ -100,7 +117,7 @@ def _start_proxy_nd(uplink: str, config: RouterConfig, cleanup: contextlib.ExitS
     return responder
 
 
-def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
+def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Reload | None = None) -> int:
     config = settings.config
     with contextlib.ExitStack() as cleanup:
         try:
@@ -126,6 +143,9 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
             if isinstance(proxy, str):
                 return cliutil.fail(prog, proxy)
             collectors.append(proxy.metrics_collector())
+            watch.add(proxy.index, f"the proxy ND interface {settings.proxy_nd}",
+                      "Neighbor Solicitations on it go unanswered until it is up again")
+            watch.add_thread(proxy.thread, "the proxy ND responder")
 
         core = RouterCore(config)
         try:
@@ -157,15 +177,10 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router") -> int:
         if not _forwarding_enabled():
             log.warning("net.ipv6.conf.all.forwarding is 0: native IPv6 will not be forwarded (see 6bed4 host-setup)")
 
-        def on_signal(signum, _frame):
-            log.info("%s received, shutting down", signal.Signals(signum).name)
-            datapath.stop()
-
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, on_signal)
-        service.notify("READY=1")
+        service.handle_signals(SIGNALS, stop=datapath.stop, reload=reload)
+        service.notify(f"READY=1\nSTATUS=serving {prefix_text}/64 on UDP {settings.bind[0]}:{settings.bind[1]}")
         try:
-            datapath.run(on_tick=watch.guarding(NotableEvents(core)))
+            datapath.run(on_tick=watch.guarding(service.reloading(reload, settings, NotableEvents(core))))
         except (DatapathError, netlink.LinkGone) as exc:
             log.error("%s; exiting", watch.explain(exc))
             return 1
