@@ -114,12 +114,17 @@ def kept_ula(state_dir: str, interface: str, mac: bytes | None) -> bytes:
 
 
 def lease_file(settings: LanSettings, interface: str) -> Path:
-    """<state_dir>/<interface>.leases: the DHCPv6 server's leases while the gateway runs (removed on exit)."""
-    path = Path(settings.state_dir) / f"{interface}.leases"
+    """<state_dir>/<interface>.dhcp/leases: the DHCPv6 server's leases while the gateway runs.
+
+    In a directory of the server's own (see DhcpServer.prepare), so that it can
+    make the file, and so that we can remove it on exit also after --user.
+    """
+    path = Path(settings.state_dir) / f"{interface}.dhcp" / "leases"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise LanError(f"cannot create the state directory {path.parent}: {exc.strerror} (see --state-dir)") from None
+        raise LanError(f"cannot create the state directory {path.parent.parent}: {exc.strerror} "
+                       "(see --state-dir)") from None
     return path
 
 
@@ -237,31 +242,33 @@ class DhcpServer:
         self.last_line = ""
 
     def check(self) -> None:
-        """The server's user must reach its lease file (LanError if not)."""
-        blocked = unreachable_part(self.lease_file.parent, self.account)
+        """The server's user must reach its lease directory (LanError if not)."""
+        blocked = unreachable_part(self.lease_file.parent.parent, self.account)
         if blocked is not None:
             who = self.account.name or f"uid {self.account.uid}"
             raise LanError(f"the DHCPv6 server runs as {who}, who cannot enter {blocked} (see --state-dir)")
 
     def prepare(self) -> None:
-        """While still root: a lease file the server's user may write (dnsmasq opens it as that user)."""
-        if os.geteuid() != 0:
-            return
+        """The lease directory, the server's user's (dnsmasq makes and writes the file as that user)."""
+        directory = self.lease_file.parent
         try:
-            fd = os.open(self.lease_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-            try:
-                os.fchown(fd, self.account.uid, self.account.gid)
-            finally:
-                os.close(fd)
+            directory.mkdir(mode=0o755, exist_ok=True)
+            if os.geteuid() == 0 and directory.stat().st_uid != self.account.uid:
+                os.chown(directory, self.account.uid, self.account.gid)
         except OSError as exc:
-            raise LanError(f"cannot prepare the lease file {self.lease_file}: {exc.strerror}") from None
+            raise LanError(f"cannot prepare the lease directory {directory}: {exc.strerror}") from None
 
     def remove_leases(self) -> None:
+        """The lease file goes, and its directory if we may (not after --user in a state directory of root's)."""
         try:
             self.lease_file.unlink(missing_ok=True)
         except OSError as exc:
-            log.warning("cannot remove the lease file %s: %s (with --user, --state-dir must be that user's)",
-                        self.lease_file, exc.strerror)
+            log.warning("cannot remove the lease file %s: %s", self.lease_file, exc.strerror)
+            return
+        try:
+            self.lease_file.parent.rmdir()
+        except OSError as exc:
+            log.debug("keeping the empty directory %s: %s", self.lease_file.parent, exc.strerror)
 
     def serve(self, dhcp_range: tuple[str, str] | None, now: float) -> None:
         """Serve this range from now on (None: stop serving)."""
