@@ -131,7 +131,8 @@ class Lab:
 
     # --- waiting -------------------------------------------------------------
 
-    def wait_for(self, predicate, timeout: float = 10, what: str = "condition", interval: float = 0.05):
+    @staticmethod
+    def wait_for(predicate, timeout: float = 10, what: str = "condition", interval: float = 0.05):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             value = predicate()

@@ -50,6 +50,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         removed = demo.Lab.take_down()
         print(f"took down {len(removed)} demo lab(s){': ' if removed else ''}{' '.join(removed)}")
         return 0
+    if args.anycast:
+        from .demo import anycast
+
+        return anycast.main("6bed4 demo --anycast", keep=args.keep, python=sys.executable)
     return demo.main("6bed4 demo", keep=args.keep, upstream=args.upstream, python=sys.executable)
 
 
@@ -82,11 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upstream", choices=("on-link", "routed"), default="on-link",
                    help="on-link: the upstream treats the /64 as on-link and the router answers ND for it "
                         "(proxy ND); routed: the upstream routes the /64 to the VM (default: %(default)s)")
+    p.add_argument("--anycast", action="store_true",
+                   help="instead: two router hosts behind one anycast address, announced by BIRD to an upstream "
+                        "that spreads the traffic over them (ECMP), and a router killed while flows run")
     p.set_defaults(func=cmd_demo)
 
+    from .anycast import cli as anycast_cli
     from .hostsetup import cli as hostsetup_cli  # host-setup, proxy-nd
 
     hostsetup_cli.add_parsers(commands)
+    anycast_cli.add_parsers(commands)
     return parser
 
 

@@ -187,6 +187,21 @@ def cli_command(parser: argparse.ArgumentParser, command: str) -> argparse.Argum
     return commands.choices[command]
 
 
+def _commands(prefix: str, parser: argparse.ArgumentParser) -> list[str]:
+    """A section per subcommand, and per subcommand of a subcommand (`6bed4 anycast check`)."""
+    lines = []
+    for action in parser._actions:  # noqa: SLF001
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for sub_name, sub in action.choices.items():
+                lines += [f".SS {_escape(prefix)} {_escape(sub_name)}", _escape((sub.description or "").strip()),
+                          ".PP", ".nf", _escape(sub.format_usage().replace("usage: ", "").strip()), ".fi"]
+                lines += _options(sub, headings=False)
+                if sub.epilog:
+                    lines += [".PP", ".nf", _escape(sub.epilog.strip()), ".fi"]
+                lines += _commands(f"{prefix} {sub_name}", sub)
+    return lines
+
+
 def render(name: str, parser: argparse.ArgumentParser, summary: str) -> str:
     usage = parser.format_usage().replace("usage: ", "").strip()
     lines = [
@@ -201,13 +216,9 @@ def render(name: str, parser: argparse.ArgumentParser, summary: str) -> str:
     if parser.description:
         lines += [".SH DESCRIPTION", _escape(parser.description.strip())]
     lines += [".SH OPTIONS", *_options(parser)]
-    for action in parser._actions:  # noqa: SLF001
-        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
-            lines.append(".SH COMMANDS")
-            for sub_name, sub in action.choices.items():
-                lines += [f".SS {_escape(name)} {_escape(sub_name)}", _escape((sub.description or "").strip()),
-                          ".PP", ".nf", _escape(sub.format_usage().replace("usage: ", "").strip()), ".fi"]
-                lines += _options(sub, headings=False)
+    commands = _commands(name, parser)
+    if commands:
+        lines += [".SH COMMANDS", *commands]
     if parser.epilog:
         lines += [".SH NOTES", ".nf", _escape(parser.epilog.strip()), ".fi"]
     for title, body in sections(name, parser):

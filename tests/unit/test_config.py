@@ -46,10 +46,18 @@ def load(cli, path: Path, *argv: str):
     return args, cli.settings_from_args(args)
 
 
-def uncommented(path: Path, tmp_path: Path) -> Path:
-    """A copy of the example with every commented-out setting switched on."""
+EXCLUSIVE = ({"tundev"}, {"anycast-table", "anycast-prefix", "anycast-drain"})  # an announcement needs its own TUN
+
+
+def uncommented(path: Path, tmp_path: Path, leave: set[str] = EXCLUSIVE[1]) -> Path:
+    """A copy of the example with every commented-out setting switched on, except those in `leave`."""
+
+    def switch_on(match: re.Match) -> str:
+        key = SETTING_KEY.match(match.group(1)).group(1)
+        return match.group(0) if key in leave else match.group(1)
+
     copy = tmp_path / path.name
-    copy.write_text(COMMENTED_SETTING.sub(r"\1", path.read_text()))
+    copy.write_text(COMMENTED_SETTING.sub(switch_on, path.read_text()))
     return copy
 
 
@@ -93,7 +101,8 @@ def test_example_shows_every_setting_and_each_works(name, tmp_path):
                if not flag.startswith("--no-")}  # a boolean once: prefix-route = false
     assert keys == options
     argv = ["plan"] if cli is HostSetupCli else []
-    load(cli, uncommented(CONTRIB / name, tmp_path), *argv)  # every example value is accepted
+    for leave in EXCLUSIVE:
+        load(cli, uncommented(CONTRIB / name, tmp_path, leave), *argv)  # every example value is accepted
 
 
 def test_uncommented_examples_take_effect(tmp_path):
@@ -104,6 +113,9 @@ def test_uncommented_examples_take_effect(tmp_path):
     assert [(rule.proto, rule.lo, rule.hi) for rule in router.config.masquerade] == [
         (6, 80, 80), (6, 443, 443), (17, 5000, 5009), (132, 5060, 5060), (58, 0, 0)]
     assert {rule.host for rule in router.config.masquerade} == {addr.parse_address("2001:db8:9:10::30")}
+    _, router = load(router_cli, uncommented(CONTRIB / "router.toml", tmp_path, leave=EXCLUSIVE[0]))
+    assert (router.anycast.table, router.anycast.prefixes, router.anycast.drain) == (
+        6464, ("192.0.2.0/24", "2001:db8:9::/48"), 2.0)
     _, peer = load(peer_cli, uncommented(CONTRIB / "peer.toml", tmp_path))
     assert peer.bind == ("0.0.0.0", 40000) and peer.user == "nobody"
     assert (peer.tun_name, peer.create_tun, peer.hook) == ("tun6", False, "/etc/sixbed4/peer-hook")
@@ -139,6 +151,8 @@ SAMPLES = {
     "local": ("2001:db8:9:10::80", "2001:db8:9:10::81"), "dummy": ("dumbo0", "dumbo1"),
     "state-file": ("/run/a.json", "/run/b.json"), "lan": ("br-lan", "eth1"), "lan-mode": ("routed", "nat66"),
     "state-dir": ("/var/lib/a", "/var/lib/b"), "dnsmasq": ("/usr/sbin/dnsmasq", "/usr/local/sbin/dnsmasq"),
+    "anycast-table": ("6464", "100"),
+    "anycast-prefix": ("192.0.2.0/24", "2001:db8:9::/48"), "anycast-drain": ("2", "0.5"),
 }
 PROGRAMS = {"6bed4router": router_cli, "6bed4peer": peer_cli, "6bed4 host-setup": HostSetupCli}
 FIRST = {HostSetupCli: ["plan"]}  # the arguments before the options

@@ -112,15 +112,22 @@ def print_matrix(cells: list[Cell], sources: list[str], targets: list[str], out=
 
 def main(argv_prog: str, keep: bool, upstream: str, python: str) -> int:
     """Run the demo; exit code 0 only if every cell of the matrix passed."""
+    return run_lab(argv_prog, TAG, ("ping", "nft", "iperf3", "dnsmasq", "dhclient"), keep,
+                   lambda lab, progress: _run(lab, progress, upstream == "routed", python, keep))
+
+
+def run_lab(argv_prog: str, tag: str, tools: tuple[str, ...], keep: bool, body) -> int:
+    """A lab for `body(lab, progress)`, whose result is the exit code: errors and Ctrl-C end it
+    with a line that says so, and the lab goes afterwards (or stays, with --keep)."""
     progress = Progress()
     if os.geteuid() != 0:
         print(f"{argv_prog}: needs root (it builds network namespaces)", file=sys.stderr)
         return 2
-    for tool in ("ping", "nft", "iperf3", "dnsmasq", "dhclient"):
+    for tool in tools:
         if find(tool) is None:
             print(f"{argv_prog}: {tool} is missing (./dev setup installs it)", file=sys.stderr)
             return 2
-    lab = Lab(TAG)
+    lab = Lab(tag)
     demo_pid = os.getpid()
 
     def on_signal(signum, _frame):
@@ -134,7 +141,7 @@ def main(argv_prog: str, keep: bool, upstream: str, python: str) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
     try:
-        result = _run(lab, progress, upstream == "routed", python, keep)
+        result = body(lab, progress)
         progress.check()
         return result
     except KeyboardInterrupt:
@@ -151,6 +158,7 @@ def main(argv_prog: str, keep: bool, upstream: str, python: str) -> int:
             _print_keep(lab)
         else:
             lab.close()
+            shutil.rmtree(lab.logdir, ignore_errors=True)  # the logs (shown on failure) and the daemons' files
             progress.step("cleaned up: namespaces and processes removed")
 
 

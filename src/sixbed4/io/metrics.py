@@ -7,6 +7,7 @@ metric families only when scraped, so metrics cost nothing per packet.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import socket
 import threading
@@ -95,6 +96,9 @@ class MetricsError(RuntimeError):
     pass
 
 
+Readiness = Callable[[], tuple[bool, dict]]  # (ready, details), e.g. anycast.health.Health.report
+
+
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
@@ -104,8 +108,23 @@ class _Quiet(WSGIRequestHandler):
         pass
 
 
-def serve_metrics(listen: tuple[str, int], *collectors: CountersCollector):
-    """Start the HTTP exporter in a background thread; returns the server (call its shutdown()).
+def _with_readiness(metrics_app, ready: Readiness):
+    """GET /ready: 200 and the details as JSON while ready, 503 otherwise; every other path: metrics."""
+
+    def app(environ, start_response):
+        if environ.get("PATH_INFO") != "/ready":
+            return metrics_app(environ, start_response)
+        ok, details = ready()
+        body = (json.dumps(details, sort_keys=True) + "\n").encode()
+        start_response("200 OK" if ok else "503 Service Unavailable",
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
+
+
+def serve_metrics(listen: tuple[str, int], *collectors: CountersCollector, ready: Readiness | None = None):
+    """Start the HTTP exporter (and /ready, if given) in a background thread; returns the server (call its shutdown()).
 
     The server is ours rather than prometheus_client's start_http_server, which
     returns nothing to stop it with before 0.17 (Debian 12 has 0.16).
@@ -113,12 +132,15 @@ def serve_metrics(listen: tuple[str, int], *collectors: CountersCollector):
     registry = CollectorRegistry(auto_describe=False)
     for collector in collectors:
         registry.register(collector)
+    app = make_wsgi_app(registry)
+    if ready is not None:
+        app = _with_readiness(app, ready)
     server_class = type("MetricsServer", (_Server,), {"address_family": socket.AF_INET6 if ":" in listen[0]
                                                        else socket.AF_INET})
     try:
-        server = make_server(listen[0], listen[1], make_wsgi_app(registry), server_class, handler_class=_Quiet)
+        server = make_server(listen[0], listen[1], app, server_class, handler_class=_Quiet)
     except OSError as exc:
         raise MetricsError("metrics on %s:%d: %s" % (*listen, exc.strerror or exc)) from None
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    log.info("metrics on http://%s:%d/metrics", *listen)
+    log.info("metrics on http://%s:%d/metrics%s", *listen, " and /ready" if ready else "")
     return server

@@ -387,12 +387,17 @@ class LinkWatch:
 
     def is_up(self, index: int) -> bool | None:
         """The interface's administrative state; None if it cannot be read (gone, or renamed this instant)."""
+        flags = self.flags(index)
+        return None if flags is None else bool(flags & IFF_UP)
+
+    def flags(self, index: int) -> int | None:
+        """The interface's IFF_* flags (one ioctl); None if they cannot be read."""
         try:
             name = socket.if_indextoname(index)
             request = fcntl.ioctl(self._ioctl, SIOCGIFFLAGS, struct.pack("16sH22x", name.encode(), 0))
         except OSError:
             return None
-        return bool(struct.unpack_from("16sH", request)[1] & IFF_UP)
+        return struct.unpack_from("16sH", request)[1]
 
     def check(self) -> None:
         """Raise LinkGone if a watched interface was deleted (or thread ended); log one that went down or came up."""

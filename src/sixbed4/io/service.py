@@ -167,15 +167,16 @@ def die_with_parent() -> None:
 
 
 def serve_then_drop(metrics: tuple[str, int] | None, collectors, user: str | None,
-                    cleanup: contextlib.ExitStack, keep: tuple[int, ...] = (CAP_NET_ADMIN,)) -> None:
+                    cleanup: contextlib.ExitStack, keep: tuple[int, ...] = (CAP_NET_ADMIN,), ready=None) -> None:
     """The daemons' last setup step: the metrics exporter, then the switch to `user`, keeping `keep`.
 
     In this order because the exporter's thread imports modules lazily, which an
     unprivileged user may not be able to read; it needs no capabilities itself.
+    `ready` is the readiness for /ready (see metrics.serve_metrics).
     Raises MetricsError or PrivilegeError, whose str() is the one-line message.
     """
     if metrics:
-        server = serve_metrics(metrics, *collectors)
+        server = serve_metrics(metrics, *collectors, ready=ready)
         cleanup.callback(server.shutdown)
     if user:
         drop_privileges(user, keep)

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from .. import cliutil, config
+from ..anycast.options import add_router_options as add_anycast_options, anycast_settings
 from ..core import addr, icmp6
 from ..io.metrics import parse_listen
 from ..core.router import MasqRule, RouterConfig
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="masquerade UDP ports")
     group.add_argument("-i", "--icmp", action=_Ordered, nargs=0, dest="masq", const="icmp",
                        help="masquerade ICMPv6 Echo")
+    add_anycast_options(p)
     ops = p.add_argument_group("operations")
     ops.add_argument("--metrics", metavar="HOST:PORT", type=parse_listen,
                      help="serve Prometheus metrics over HTTP, e.g. 127.0.0.1:9640")
@@ -147,6 +149,7 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
         proxy_nd=args.proxy_nd,
         metrics=args.metrics,
         user=args.user,
+        anycast=anycast_settings(args, config),
     )
 
 

@@ -8,6 +8,8 @@ import signal
 from dataclasses import dataclass
 
 from .. import cliutil
+from ..anycast.health import AnnounceError, Health
+from ..anycast.options import AnycastSettings
 from ..config import Reload
 from ..core import addr
 from ..core.router import RouterConfig, RouterCore
@@ -26,13 +28,15 @@ TUN_MTU = 1280
 # What each signal does (the man page's SIGNALS section is made from this table).
 SIGNALS = {
     signal.SIGTERM: ("stop", "stop cleanly: remove the TUN device the router created (with -d: the addresses and "
-                             "route the router put on the device), exit 0"),
+                             "route the router put on the device), exit 0; with --anycast-table, withdraw first "
+                             "and go on serving --anycast-drain seconds; a second signal stops at once"),
     signal.SIGINT: ("stop", "the same as SIGTERM"),
     signal.SIGHUP: ("reload", "read the --config file again; a new log-level takes effect at once, without dropping "
                               "a packet; any other changed setting is logged and takes effect at the next start"),
-    signal.SIGKILL: (None, "the kernel removes the TUN device the router created, with its addresses and route, so "
-                           "a restart works at once; with -d the router's addresses and route stay on the device "
-                           "until the next start takes them over and a clean stop removes them"),
+    signal.SIGKILL: (None, "the kernel removes the TUN device the router created, with its addresses and routes "
+                           "(the --anycast-table announcement too, which BIRD then withdraws), so a restart works "
+                           "at once; with -d the router's addresses and route stay on the device until the next "
+                           "start takes them over and a clean stop removes them"),
 }
 
 
@@ -46,6 +50,7 @@ class RouterSettings:
     metrics: tuple[str, int] | None = None
     user: str | None = None
     proxy_nd: str | None = None  # uplink on which to answer Neighbor Solicitations for the /64
+    anycast: AnycastSettings | None = None  # announce through a BGP daemon while serving
 
 
 def configure_tun(setup: netlink.InterfaceSetup, config: RouterConfig, prefix_route: bool) -> None:
@@ -132,6 +137,8 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Relo
             listen = addr.format_ipv4(config.ipv4)
             watch = netlink.LinkWatch.tun_and_uplink(setup, listen)
             cleanup.callback(watch.close)
+            health = Health.for_router(config, settings.anycast, setup, watch)
+            cleanup.callback(health.close)
         except (UdpError, TunError, netlink.NetlinkSetupError) as exc:
             return cliutil.fail(prog, exc.strerror or str(exc))
         except PermissionError as exc:
@@ -159,7 +166,7 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Relo
         collectors.append(
             CountersCollector("sixbed4_router", core.counters, lambda: info, lambda: core.rate_limit_hits))
         try:
-            service.serve_then_drop(settings.metrics, collectors, settings.user, cleanup)
+            service.serve_then_drop(settings.metrics, collectors, settings.user, cleanup, ready=health.report)
         except (MetricsError, service.PrivilegeError) as exc:
             return cliutil.fail(prog, str(exc))
         datapath = Datapath(sock, tun, core)
@@ -177,11 +184,13 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Relo
         if not _forwarding_enabled():
             log.warning("net.ipv6.conf.all.forwarding is 0: native IPv6 will not be forwarded (see 6bed4 host-setup)")
 
-        service.handle_signals(SIGNALS, stop=datapath.stop, reload=reload)
+        service.handle_signals(SIGNALS, stop=lambda: health.drain(datapath.stop), reload=reload)
         service.notify(f"READY=1\nSTATUS=serving {prefix_text}/64 on UDP {settings.bind[0]}:{settings.bind[1]}")
         try:
-            datapath.run(on_tick=watch.guarding(service.reloading(reload, settings, NotableEvents(core))))
-        except (DatapathError, netlink.LinkGone) as exc:
+            health.update()
+            on_tick = service.reloading(reload, settings, NotableEvents(core))
+            datapath.run(on_tick=watch.guarding(health.guarding(on_tick)))
+        except (DatapathError, netlink.LinkGone, AnnounceError) as exc:
             log.error("%s; exiting", watch.explain(exc))
             return 1
         finally:
