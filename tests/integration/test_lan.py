@@ -385,6 +385,20 @@ def test_exit_leaves_the_lan_as_it_was(home, sig):
     assert "/114" not in home.sh("h1", "ip -6 route").stdout
 
 
+def test_lan_interface_deleted_ends_the_gateway_and_it_cleans_up(home):
+    before = gateway_state(home)
+    proc = start_gateway(home, "both")
+    home.net.lab.sh(home.gateway, "ip link del lan0")
+    assert proc.wait(10) == 1
+    assert "the LAN interface lan0 was deleted" in home.lab.log(proc.name)
+    after = gateway_state(home)
+    assert after["nft"] == before["nft"] and after["processes"] == before["processes"]
+    assert after["sysctls"].split()[0] == before["sysctls"].split()[0] == "0"  # forwarding
+    without_lan = lambda routes: [r for r in routes.splitlines() if "lan0" not in r]  # noqa: E731
+    assert without_lan(after["routes"]) == without_lan(before["routes"])
+    assert [p.name for p in home.state_dir.iterdir()] == ["lan0.ula"]
+
+
 def test_sigkill_takes_the_dhcpv6_server_along(home):
     proc = start_gateway(home, "routed")
     (server,) = [pid for pid, name in processes(home).items() if name == "dnsmasq"]
