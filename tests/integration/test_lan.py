@@ -79,6 +79,8 @@ def home(net):
         finally:
             for proc in hosts_lab.processes:  # gateways first, and gently: they clean up after themselves
                 Lab.stop(proc)
+            for name in HOSTS:  # at once: a deleted namespace takes its end of a pair along only later
+                net.lab.sh(gateway, f"ip link del p{name}", check=False)
             hosts_lab.close()
             # what a SIGKILLed gateway cannot take back (the next test starts from a clean namespace)
             net.lab.sh(gateway, "ip link del lan0; nft delete table ip6 sixbed4_lan_lan0; "
