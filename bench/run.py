@@ -2,7 +2,7 @@
 """Throughput benchmark of the 6bed4 router against plain kernel IPv6 forwarding.
 
     sudo .venv/bin/python bench/run.py [--quick] [--duration S] [--sizes 80,1280]
-                                       [--directions udp2tun,tun2udp] [--no-gro]
+                                       [--directions udp2tun,tun2udp] [--no-gro] [--no-latency]
 
 Builds three namespaces (generator, router, sink; see bench/README.md), runs
 the router pinned to core 1 and a C load generator (bench/loadgen.c, compiled
@@ -10,7 +10,9 @@ now) pinned to core 0, and measures per direction and IPv6 packet size: peak
 throughput at maximum offered load, the highest offered rate with < 1% loss,
 router CPU per packet and RSS (1 vs 100,000 sources).  The same generator and
 topology, with the router ns forwarding native IPv6 itself, is the baseline.
-Prints a table and writes bench/results/<timestamp>.json.  Root only.
+Then the latency row (bench/latency.py, which also runs alone): ping through
+our peer and router against plain IPv4 on the same path.  Prints tables and
+writes bench/results/<timestamp>.json.  Root only.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.netlab import Lab  # noqa: E402
+import latency  # noqa: E402  (bench/latency.py: the latency row)
 
 MAC = {"g0": "02:00:00:00:00:01", "r0": "02:00:00:00:00:02", "r1": "02:00:00:00:00:03", "s0": "02:00:00:00:00:04"}
 ROUTER_V4, GEN_V4 = "192.0.2.1", "192.0.2.2"
@@ -225,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-rss", action="store_true", help="skip the RSS check with 100,000 sources")
     p.add_argument("--flows", type=int, default=1,
                    help="distinct peers cycled packet by packet (default 1: one flow, runs batch best)")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency row (ping through peer + router)")
+    latency.add_arguments(p.add_argument_group("latency row (bench/latency.py)"))
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/run.py: run as root (namespaces, TUN)", file=sys.stderr)
@@ -267,15 +272,24 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         lab.close()
         shutil.rmtree(workdir, ignore_errors=True)
+    try:
+        latency_rows = None if args.no_latency else latency.latency_rows(
+            100 if args.quick else args.probes, args.interval, args.rounds, args.router_arg, args.peer_arg,
+            args.compare_src, args.hops, args.nat)
+    except KeyboardInterrupt:
+        print("interrupted; cleaning up", file=sys.stderr)
+        return 130
 
     print_table(results, rss)
+    if latency_rows:
+        latency.print_latency(latency_rows)
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     report = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.time() - started, 1),
         "commit": commit.stdout.strip(), "dirty": bool(subprocess.run(
             ["git", "-C", str(ROOT), "status", "--porcelain", "src"], capture_output=True, text=True).stdout),
         "duration": duration, "gro": args.gro, "flows": args.flows, "argv": sys.argv[1:], "loadavg": os.getloadavg(),
-        "results": results, "rss": rss, "router_log_tail": router_log[-2000:],
+        "results": results, "rss": rss, "latency": latency_rows, "router_log_tail": router_log[-2000:],
     }
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(exist_ok=True)

@@ -11,14 +11,25 @@ a run of one UDP flow or TCP connection goes to the TUN as one GSO packet
 (TunWriter); a run of
 same-size packets from the TUN for one peer leaves in one UDP GSO send
 (GsoSender).  Where the kernel has no GSO, one packet per call.
+
+Batches must not cost a lone packet its latency: the first packet of a side
+that was idle is decided and sent at once, before the data path looks for
+more (lone_from_udp, lone_from_tun); a side that is still ready at the next
+look is drained in batches.  Under load, only the first packet of a burst
+goes alone.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import logging
+import os
+import platform
 import select
 import signal
 import socket
+import struct
 import time
 from typing import Callable, Protocol
 
@@ -29,10 +40,18 @@ from .udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, BatchReceiver, GsoSender
 
 
 BATCH = 256  # packets per turn of one side
+SCHEDULER_SLICE_NS = 100_000  # the shortest the kernel takes
 TUN_SLOT = VNET_HEADER + 2048  # longer packets (the TUN's MTU is 1280) are cut, and dropped as too long
 TUN_RING = GSO_MAX_SEGMENTS + 1
 VERDICT_KEY = 41  # see Core
 _TUN_FATAL_OK = (errno.EINVAL, errno.ENOBUFS)  # one bad packet, not a dead device
+# struct sched_attr (size, policy, flags, nice, priority, runtime, deadline, period) and
+# sched_setattr(2), which the os module does not wrap.
+_SCHED_ATTR = struct.Struct("=IIQiIQQQ")
+_SYS_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274}.get(platform.machine())
+_libc = ctypes.CDLL(None, use_errno=True)
+
+log = logging.getLogger(__name__)
 
 
 class Core(Protocol):
@@ -53,6 +72,24 @@ class Core(Protocol):
     def from_udp(self, packet, origin: tuple[str, int], now: float): ...
 
     def from_tun(self, packet): ...
+
+
+def short_scheduler_slice(slice_ns: int = SCHEDULER_SLICE_NS) -> bool:
+    """Ask the scheduler (EEVDF, Linux 6.12+) for short slices for this thread; True if granted.
+
+    A woken task with a short slice gets an early deadline, so it runs soon
+    instead of waiting out a CPU-bound neighbour's slice; its share of the CPU
+    stays the same.  Policy and nice value are kept; a real-time or batch
+    policy set by the operator is left alone; older kernels refuse (EINVAL),
+    and then nothing changes.  Set at start: threads made later (metrics) keep the default.
+    """
+    if _SYS_SCHED_SETATTR is None or os.sched_getscheduler(0) != os.SCHED_OTHER:
+        return False
+    attr = _SCHED_ATTR.pack(_SCHED_ATTR.size, os.SCHED_OTHER, 0, os.getpriority(os.PRIO_PROCESS, 0), 0, slice_ns, 0, 0)
+    if _libc.syscall(_SYS_SCHED_SETATTR, 0, attr, 0) == 0:
+        return True
+    log.debug("no short scheduler slice: %s", os.strerror(ctypes.get_errno()))
+    return False
 
 
 class DatapathError(RuntimeError):
@@ -111,6 +148,52 @@ class Datapath:
             raise DatapathError(f"writing to {self.tun.name}: {exc.strerror}") from None
 
     # --- the two directions --------------------------------------------------
+
+    def lone_from_udp(self) -> bool:
+        """One datagram, decided and written at once; False if none was waiting.
+
+        On a side that was idle the first datagram is most often alone (a ping,
+        a request): it goes to the TUN now, not after a look for more.
+        recvfrom_into and a plain write are less code than a recvmmsg batch, and
+        code that runs after a wait is cold: it costs several times what it
+        costs under load (bench/README.md, "Latency").
+        """
+        receiver = self._receiver
+        try:
+            n, origin = self.sock.recvfrom_into(receiver.packets[0])
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:  # e.g. a queued ICMP error for an earlier send
+            return True
+        packet = receiver.packets[0][:n]
+        action = self.core.from_udp(packet, origin, self.clock())
+        if action[0] == TUN:
+            self._tun_writer.write_one(receiver.offsets[0], n)
+        elif action[0] != DROP:
+            self._emit(action, packet)
+        return True
+
+    def lone_from_tun(self) -> bool:
+        """One packet from the TUN, decided and sent at once; False if none was waiting.
+
+        As lone_from_udp: the packet leaves before the read that looks for more.
+        """
+        read = self._tun_reads[0]
+        try:
+            n = self.tun_file.readinto(read)
+        except InterruptedError:
+            return True
+        except OSError as exc:
+            raise DatapathError(f"reading from {self.tun.name}: {exc.strerror}") from None
+        if n is None:
+            return False
+        if n < VNET_HEADER:
+            raise DatapathError(f"{self.tun.name} was closed")
+        packet = self._tun_packets[0][: n - VNET_HEADER]
+        action = self.core.from_tun(packet)
+        if action[0] != DROP:
+            self._emit(action, packet)
+        return True
 
     def drain_udp(self) -> bool:
         """Handle up to BATCH datagrams, a receiver's worth per system call; True if more may be waiting."""
@@ -249,19 +332,30 @@ class Datapath:
         poller.register(tun_fd, select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP)
         poller.register(wake_fd, select.EPOLLIN)
         old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        next_tick = self.clock() + tick
+        now = self.clock()
+        next_tick = now + tick
+        short_scheduler_slice()
+        # A side that was idle (not ready at the last look, or drained empty) hands its
+        # next packet on alone, at once (lone_from_*); the next look tells whether more
+        # follow, and a side that stays ready is drained in batches.
+        lone = {udp_fd: self.lone_from_udp, tun_fd: self.lone_from_tun}
+        drain = {udp_fd: self.drain_udp, tun_fd: self.drain_tun}
+        alone = dict.fromkeys(lone, True)
         busy = False
         try:
             while not self.stopping:
-                timeout = 0 if busy else max(0.0, next_tick - self.clock())
+                timeout = 0 if busy else max(0.0, next_tick - now)
                 busy = False
+                was_alone, alone = alone, dict.fromkeys(lone, True)
                 for fd, _events in poller.poll(timeout):
-                    if fd == udp_fd:
-                        busy |= self.drain_udp()
-                    elif fd == tun_fd:
-                        busy |= self.drain_tun()
-                    else:
+                    if fd == wake_fd:
                         self._clear_wakeups()
+                    elif was_alone[fd]:
+                        alone[fd] = not lone[fd]()
+                    else:
+                        more = drain[fd]()
+                        alone[fd] = not more
+                        busy |= more
                 now = self.clock()
                 if now >= next_tick:
                     next_tick = now + tick

@@ -137,7 +137,7 @@ class TunWriter:
         peer); here they are told apart by their headers.
         """
         if len(offsets) == 1:  # the common case with many peers: no questions asked
-            self._write_one(offsets[0], size)
+            self.write_one(offsets[0], size)
             return
         buffer = self.buffer
         start, count = 0, len(offsets)
@@ -150,7 +150,7 @@ class TunWriter:
                 elif buffer[first + 6] == 6:
                     end = self._tcp_run_end(offsets, start, size)
             if end - start == 1:
-                self._write_one(first, size)
+                self.write_one(first, size)
             else:
                 self._write_run(offsets[start:end], size)
             start = end
@@ -198,7 +198,7 @@ class TunWriter:
                 break
         return end
 
-    def _write_one(self, offset: int, n: int) -> None:
+    def write_one(self, offset: int, n: int) -> None:
         try:
             os.write(self.fd, self.view[offset - VNET_HEADER : offset + n])
         except OSError as exc:
@@ -244,4 +244,4 @@ class TunWriter:
         log.info("%s takes no GSO packets (%s): one write per packet", self.tun.name, failed.strerror)
         self.gso = False
         for offset in run:
-            self._write_one(offset, n)
+            self.write_one(offset, n)
