@@ -18,11 +18,13 @@ from sixbed4.demo.lab import RECORDS
 
 DEMO = [sys.executable, "-m", "sixbed4.cli", "demo"]
 VENV_DEMO = [str(Path(sys.executable).parent / "6bed4"), "demo"]  # as ./dev demo runs it
-PEERS_AND_LAN = ("gateway", "laptop", "phone")
-EXPECTED_CELLS = {  # everyone behind 6bed4 to everything, and the Internet host back to them
-    *((source, target) for source in PEERS_AND_LAN for target in ("internet", "vm ::11", "vm ::30", *PEERS_AND_LAN)
-      if source != target),
+PEERS_AND_LAN = ("gateway", "laptop", "phone")  # global addresses
+HOME = ("gateway", "laptop", "tablet")  # the home LAN; the tablet has a ULA only
+EXPECTED_CELLS = {  # everyone behind 6bed4 to everything, and the Internet host back to the global addresses
+    *((source, target) for source in (*PEERS_AND_LAN, "tablet")
+      for target in ("internet", "vm ::11", "vm ::30", *PEERS_AND_LAN) if source != target),
     *(("internet", target) for target in PEERS_AND_LAN),
+    *((source, "tablet") for source in HOME if source != "tablet"),
 }
 
 
@@ -59,8 +61,14 @@ def assert_passed(proc: subprocess.Popen, output: str) -> None:
     assert set(cells) == EXPECTED_CELLS
     assert set(cells.values()) == {"pass"}
     assert re.search(r"iperf3 TCP, 3 s\): [\d.]+ Mbit/s", output)
-    assert "ALL PASSED (18/18" in output
-    assert re.search(r"laptop behind the gateway takes 2001:db8:9:10:c433:6407:[0-9a-f]+:8002 ", output)
+    assert f"ALL PASSED ({len(EXPECTED_CELLS)}/{len(EXPECTED_CELLS)}" in output
+    gateway = re.search(r"gateway has (2001:db8:9:10:c433:6407:[0-9a-f]+:8001)\n", output).group(1)
+    laptop = re.search(r"laptop has (2001:db8:9:10:c433:6407:[0-9a-f]+:[0-9a-f]+) \(lanid \d+ of the gateway's "
+                       r"/114, by DHCPv6\)", output).group(1)
+    assert laptop.rsplit(":", 2)[:2] == gateway.rsplit(":", 2)[:2] and laptop != gateway
+    assert re.search(r"tablet has fd[0-9a-f:]+ \(the gateway's ULA /64", output)
+    assert re.search(rf"nat66 \(iperf3 TCP, 1 s\): [\d.]+ Mbit/s, the internet host sees {gateway} \(the gateway\)",
+                     output)
     assert "cleaned up" in output
     assert demo_namespaces(proc.pid) == [] and not (RECORDS / f"6bed4demo-{proc.pid}.json").exists()
 
@@ -106,7 +114,7 @@ def test_kept_lab_comes_down_with_the_printed_command_and_nothing_else_does():
 def test_demo_interrupted_cleans_up_and_says_so():
     proc = subprocess.Popen([*DEMO], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(demo_namespaces(proc.pid)) < 7:
+    while time.monotonic() < deadline and len(demo_namespaces(proc.pid)) < 8:
         time.sleep(0.1)
     assert demo_namespaces(proc.pid), "the demo never built its lab"
     proc.send_signal(signal.SIGINT)

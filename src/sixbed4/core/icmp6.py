@@ -36,6 +36,7 @@ OPT_MTU = 5
 
 PIO_ONLINK = 0x80
 PIO_AUTONOMOUS = 0x40
+RA_MANAGED = 0x80  # addresses by DHCPv6
 NA_ROUTER = 0x80
 NA_SOLICITED = 0x40
 NA_OVERRIDE = 0x20
@@ -123,13 +124,21 @@ class PrefixInfo:
         )
 
 
-def router_advert(dst: bytes, prefixes: list[PrefixInfo], mtu: int | None = MIN_MTU) -> bytes:
-    """The 6bed4 RA: from fe80::, cur hop limit 0, M=O=0, lifetime 0xffff, timers unspecified."""
-    body = struct.pack("!BBHII", 0, 0, 0xFFFF, 0, 0)
+def router_advert_body(prefixes, *, flags: int = 0, lifetime: int = 0xFFFF, mtu: int | None = MIN_MTU,
+                       source_lladdr: bytes | None = None) -> bytes:
+    """An RA after its type, code and checksum: cur hop limit 0 and both timers 0 (unspecified), then options."""
+    body = struct.pack("!BBHII", 0, flags, lifetime, 0, 0)
+    if source_lladdr is not None:
+        body += bytes((OPT_SOURCE_LLADDR, 1)) + source_lladdr
     body += b"".join(p.pack() for p in prefixes)
     if mtu is not None:
         body += struct.pack("!BBHI", OPT_MTU, 1, 0, mtu)
-    return icmp6_packet(LINK_LOCAL_ROUTER, dst, ROUTER_ADVERT, 0, body)
+    return body
+
+
+def router_advert(dst: bytes, prefixes: list[PrefixInfo], mtu: int | None = MIN_MTU) -> bytes:
+    """The 6bed4 RA: from fe80::, cur hop limit 0, M=O=0, lifetime 0xffff, timers unspecified."""
+    return icmp6_packet(LINK_LOCAL_ROUTER, dst, ROUTER_ADVERT, 0, router_advert_body(prefixes, mtu=mtu))
 
 
 def router_solicit(src: bytes = UNSPECIFIED) -> bytes:

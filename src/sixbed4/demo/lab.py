@@ -114,6 +114,15 @@ class Lab:
                     ipr.link("set", index=index, address=mac)
                 ipr.link("set", index=index, state="up")
 
+    def bridge(self, ns: str, ifname: str, mac: str) -> None:
+        with IPRoute(netns=ns) as ipr:
+            ipr.link("add", ifname=ifname, kind="bridge", address=mac)
+            ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
+
+    def enslave(self, ns: str, ifname: str, bridge: str) -> None:
+        with IPRoute(netns=ns) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], master=ipr.link_lookup(ifname=bridge)[0])
+
     def address(self, ns: str, ifname: str, cidr: str) -> None:
         address, prefixlen = cidr.split("/")
         with IPRoute(netns=ns) as ipr:

@@ -114,7 +114,7 @@ def print_matrix(cells: list[Cell], sources: list[str], targets: list[str], out=
 
 def main(argv_prog: str, keep: bool, upstream: str, python: str, fast_path: str = "auto") -> int:
     """Run the demo; exit code 0 only if every cell of the matrix passed."""
-    return run_lab(argv_prog, TAG, ("ping", "nft", "iperf3"), keep,
+    return run_lab(argv_prog, TAG, ("ping", "nft", "iperf3", "dnsmasq", "dhclient"), keep,
                    lambda lab, progress: _run(lab, progress, upstream == "routed", python, keep, fast_path))
 
 
@@ -126,7 +126,7 @@ def run_lab(argv_prog: str, tag: str, tools: tuple[str, ...], keep: bool, body) 
         print(f"{argv_prog}: needs root (it builds network namespaces)", file=sys.stderr)
         return 2
     for tool in tools:
-        if shutil.which(tool) is None:
+        if find(tool) is None:
             print(f"{argv_prog}: {tool} is missing (./dev setup installs it)", file=sys.stderr)
             return 2
     lab = Lab(tag)
@@ -166,7 +166,7 @@ def run_lab(argv_prog: str, tag: str, tools: tuple[str, ...], keep: bool, body) 
 
 def _run(lab: Lab, progress: Progress, routed: bool, python: str, keep: bool, fast_path: str) -> int:
     progress.step("building the lab: upstream router + Internet, VM with eth0 "
-                  f"{scenario.VM_MAC}, home NAT with a gateway and a laptop behind it, a phone")
+                  f"{scenario.VM_MAC}, home NAT with a gateway and a LAN (laptop, tablet) behind it, a phone")
     sc = scenario.build(lab, upstream_routes_prefix=routed)
     ns = sc.roles
     how = "routes the /64 to the VM's link-local address" if routed else "has the /64 on-link (needs proxy ND)"
@@ -196,11 +196,11 @@ def _run(lab: Lab, progress: Progress, routed: bool, python: str, keep: bool, fa
     progress.step(fast[0] if fast else "fast path off")
 
     peers = {"gateway": ns["gateway"], "phone": ns["phone"]}
-    offer = lab.logdir / "gateway-offer"
-    hooks = {"gateway": ["-x", write_hook(lab, python, offer)], "phone": []}
+    state = lab.logdir / "gateway-state"  # the LAN's ULA; dnsmasq (its own user) keeps its leases here too
+    lab.logdir.chmod(0o755)
+    extra = {"gateway": ["--lan", "lan0", "--state-dir", str(state)], "phone": ["-r"]}
     for role, peer_ns in peers.items():
-        lab.start(peer_ns, [python, "-m", "sixbed4.peer.cli", "-s", scenario.VM_V4, "-r", *hooks[role]],
-                  f"peer-{role}")
+        lab.start(peer_ns, [python, "-m", "sixbed4.peer.cli", "-s", scenario.VM_V4, *extra[role]], f"peer-{role}")
     addresses = {}
     for role, peer_ns in peers.items():
         address = progress.wait(f"6bed4peer on the {role} asks for an address",
@@ -210,56 +210,102 @@ def _run(lab: Lab, progress: Progress, routed: bool, python: str, keep: bool, fa
             return 1
         addresses[role] = address
         progress.step(f"{role} has {address}")
-    laptop = progress.wait("the gateway's hook offers an address to its LAN",
-                           lambda: offer.exists() and offer.read_text().strip(), 5)
-    if not laptop:
-        progress.step("no offer from the gateway's hook:\n" + _indent(lab.log("peer-gateway")))
-        return 1
-    lab.address(ns["laptop"], "eth0", f"{laptop}/128")
-    addresses["laptop"] = laptop
-    progress.step(f"laptop behind the gateway takes {laptop} (lanid 2 of the gateway's /114)")
+    gateway = addresses["gateway"]
+    progress.step("the gateway advertises itself on its LAN: its /114 (by DHCPv6, dnsmasq) "
+                  "and a ULA /64 (SLAAC, translated to its own address by nftables)")
 
+    lab.start(ns["laptop"], [find("dhclient"), "-6", "-d", "-lf", str(lab.logdir / "laptop-dhclient.leases"),
+                             "-pf", str(lab.logdir / "laptop-dhclient.pid"), "eth0"], "dhclient-laptop")
+    laptop = progress.wait("the laptop asks the gateway for an address by DHCPv6 (dhclient)",
+                           lambda: lan_address(ns["laptop"], lambda a: in_114(a, gateway)), 15)
+    tablet = progress.wait("the tablet configures itself from the gateway's RA (SLAAC only)",
+                           lambda: lan_address(ns["tablet"], lambda a: a.is_private), 10)
+    routers = progress.wait("both take the gateway as their default router",
+                            lambda: all(default_route(ns[d]) for d in scenario.LAN_DEVICES), 10)
+    if not (laptop and tablet and routers):
+        progress.step("the LAN did not come up:\n" + _indent(lab.log("peer-gateway")))
+        return 1
+    addresses["laptop"], addresses["tablet"] = laptop, tablet
+    progress.step(f"laptop has {laptop} (lanid {lanid(laptop)} of the gateway's /114, by DHCPv6)")
+    progress.step(f"tablet has {tablet} (the gateway's ULA /64; it goes out as {gateway})")
+
+    lan = ("gateway", *scenario.LAN_DEVICES)
     targets = {"internet": scenario.INET6, "vm ::11": scenario.SERVERS[0], "vm ::30": scenario.SERVERS[1],
-               **{role: addresses[role] for role in ("gateway", "laptop", "phone")}}
-    sources = {role: ns[role] for role in ("gateway", "laptop", "phone")} | {"internet": ns["inet"]}
+               **{role: addresses[role] for role in ("gateway", *scenario.LAN_DEVICES, "phone")}}
+    sources = {role: ns[role] for role in (*lan, "phone")} | {"internet": ns["inet"]}
     cells = []
-    progress.step("pinging every pair")
+    progress.step("pinging every pair (the tablet's ULA only from its own LAN)")
     for source, source_ns in sources.items():
         for target, address in targets.items():
             if target == source or (source == "internet" and target.startswith("vm")):
                 continue
+            if target == "tablet" and source not in lan:
+                continue  # a ULA is not reachable from outside its site
             progress.check()
             ok, detail = ping(lab, source_ns, address)
             cells.append(Cell(source, target, ok, detail))
     print_matrix(cells, list(sources), list(targets))
 
-    throughput_ok, throughput = iperf(lab, ns["inet"], ns["phone"])
+    throughput_ok, throughput, _ = iperf(lab, ns["inet"], ns["phone"], 3)
     print(f"\nthroughput phone -> internet through the tunnel (iperf3 TCP, 3 s): {throughput}")
-    passed = all(c.ok for c in cells) and throughput_ok
+    nat_ok, nat_throughput, seen = iperf(lab, ns["inet"], ns["tablet"], 1)
+    nat_ok = nat_ok and seen == gateway
+    print(f"tablet -> internet through nat66 (iperf3 TCP, 1 s): {nat_throughput}, "
+          f"the internet host sees {seen or 'nothing'}{' (the gateway)' if seen == gateway else ''}")
+    passed = all(c.ok for c in cells) and throughput_ok and nat_ok
     print(f"\nresult: {'ALL PASSED' if passed else 'SOME FAILED'} "
           f"({sum(c.ok for c in cells)}/{len(cells)} reachability checks, throughput "
-          f"{'ok' if throughput_ok else 'failed'})")
+          f"{'ok' if throughput_ok else 'failed'}, nat66 {'ok' if nat_ok else 'failed'})")
     return 0 if passed else 1
 
 
-def iperf(lab: Lab, server_ns: str, client_ns: str) -> tuple[bool, str]:
-    server = lab.start(server_ns, ["iperf3", "-s", "-1", "-B", scenario.INET6], "iperf3-server")
+def find(tool: str) -> str | None:
+    """The tool's path, also where root's PATH may lack the sbin directories."""
+    return shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
+
+
+ACCEPTED = re.compile(r"Accepted connection from ([0-9a-f:]+), port")
+
+
+def iperf(lab: Lab, server_ns: str, client_ns: str, seconds: int) -> tuple[bool, str, str | None]:
+    """iperf3 from client_ns to the Internet host: (worked, Mbit/s, the client's address as the server saw it)."""
+    name = f"iperf3-server-{client_ns}"
+    server = lab.start(server_ns, ["iperf3", "-s", "-1", "--forceflush", "-B", scenario.INET6], name)
     time.sleep(0.3)
-    result = lab.run(client_ns, ["iperf3", "-6", "-c", scenario.INET6, "-t", "3", "-J"], timeout=20)
+    result = lab.run(client_ns, ["iperf3", "-6", "-c", scenario.INET6, "-t", str(seconds), "-J"], timeout=20)
     server.wait(5)
+    seen = ACCEPTED.search(lab.log(name))
     try:
         bits = json.loads(result.stdout)["end"]["sum_received"]["bits_per_second"]
     except (ValueError, KeyError):
-        return False, "failed"
-    return bits > 0, f"{bits / 1e6:.1f} Mbit/s"
+        return False, "failed", seen and seen.group(1)
+    return bits > 0, f"{bits / 1e6:.1f} Mbit/s", seen and seen.group(1)
 
 
-def write_hook(lab: Lab, python: str, offer: Path) -> str:
-    """The gateway's -x hook: a wrapper around sixbed4.demo.gateway_hook that knows where to put the offer."""
-    hook = lab.logdir / "gateway-hook"
-    hook.write_text(f"#!/bin/sh\nexec {shlex.quote(python)} -m sixbed4.demo.gateway_hook {shlex.quote(str(offer))} \"$@\"\n")
-    hook.chmod(0o755)
-    return str(hook)
+def lan_address(ns: str, wanted) -> str | None:
+    """A global address on the device's eth0 for which wanted(IPv6Address) holds."""
+    try:
+        with IPRoute(netns=ns) as ipr:
+            for entry in ipr.get_addr(index=ipr.link_lookup(ifname="eth0")[0], family=AF_INET6):
+                address = ipaddress.IPv6Address(entry.get_attr("IFA_ADDRESS"))
+                if not address.is_link_local and wanted(address):
+                    return str(address)
+    except OSError:
+        return None
+    return None
+
+
+def default_route(ns: str) -> bool:
+    with IPRoute(netns=ns) as ipr:
+        return bool(ipr.get_routes(family=AF_INET6, dst_len=0, table=254))
+
+
+def in_114(address: ipaddress.IPv6Address, peer: str) -> bool:
+    return address in ipaddress.IPv6Network(f"{peer}/114", strict=False)
+
+
+def lanid(address: str) -> int:
+    return int(ipaddress.IPv6Address(address)) & 0x3FFF
 
 
 def _indent(text: str) -> str:

@@ -5,9 +5,10 @@
                                  |         |
         homenat (198.51.100.7) --+         +-- phone (203.0.113.50): 6bed4peer
           |  NAT, random ports
-        gateway (192.168.1.2): 6bed4peer, the home network's 6bed4 gateway
-          |  lan0 fe80::1: its hook routes the first offered address (lanid 2) here
-        laptop: IPv6 only through the gateway
+        gateway (192.168.1.2): 6bed4peer --lan lan0, the home network's IPv6 gateway
+          |  lan0: a bridge, the home LAN; the gateway advertises itself there
+        laptop: DHCPv6 (dhclient) for an address of the gateway's /114
+        tablet: SLAAC only, an address of the gateway's ULA /64, translated (nat66)
 
 `upstream` is the hosting provider's router and the whole Internet, IPv4 and
 IPv6.  It either routes the /64 to the VM's link-local address (as the seed
@@ -31,7 +32,8 @@ INET6 = "2001:db8:1::80"
 SERVERS = ("2001:db8:9:10::11", "2001:db8:9:10::30")
 HOME_PUBLIC = "198.51.100.7"
 PHONE_V4 = "203.0.113.50"
-GATEWAY_LAN_LINK_LOCAL = "fe80::1"
+LAN_BRIDGE_MAC = "a8:bb:cc:00:00:01"  # fixed, so that the gateway's link-local address on the LAN is too
+LAN_DEVICES = ("laptop", "tablet")
 
 
 @dataclass
@@ -41,7 +43,7 @@ class Scenario:
 
     @property
     def roles(self) -> dict[str, str]:
-        roles = ("upstream", "inet", "vm", "homenat", "gateway", "laptop", "phone")
+        roles = ("upstream", "inet", "vm", "homenat", "gateway", *LAN_DEVICES, "phone")
         return {role: self.lab.name(role) for role in roles}
 
 
@@ -51,8 +53,8 @@ def build(lab: Lab, upstream_routes_prefix: bool) -> Scenario:
     inet = lab.add("inet")
     vm = lab.add("vm")
     homenat = lab.add("homenat", forwarding=True)
-    gateway = lab.add("gateway", forwarding=True)
-    laptop = lab.add("laptop")
+    gateway = lab.add("gateway")  # 6bed4peer --lan turns IPv6 forwarding on, and off again
+    devices = [lab.add(role) for role in LAN_DEVICES]
     phone = lab.add("phone")
 
     # the VM's uplink: one Ethernet link carrying IPv4 and the /64
@@ -91,10 +93,11 @@ def build(lab: Lab, upstream_routes_prefix: bool) -> Scenario:
         '  oifname "wan" masquerade random\n }\n}\n'))
     if nat.returncode != 0:
         raise RuntimeError(f"nft in {homenat}: {nat.stderr.strip()}")
-    # the home LAN's IPv6 side: a laptop behind the gateway, which routes for it
-    lab.veth(gateway, "lan0", laptop, "eth0")
-    lab.address(gateway, "lan0", f"{GATEWAY_LAN_LINK_LOCAL}/64")
-    lab.route(laptop, "::/0", via=GATEWAY_LAN_LINK_LOCAL, dev="eth0")
+    # the home LAN: a bridge on the gateway, a laptop and a tablet on it; their IPv6 comes from the gateway
+    lab.bridge(gateway, "lan0", LAN_BRIDGE_MAC)
+    for role, device in zip(LAN_DEVICES, devices):
+        lab.veth(gateway, f"lan-{role}", device, "eth0")
+        lab.enslave(gateway, f"lan-{role}", "lan0")
 
     # a phone with its own public IPv4 address
     lab.veth(up, "mob0", phone, "eth0")

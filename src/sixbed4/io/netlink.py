@@ -33,8 +33,11 @@ IFA_F_NODAD = 0x02
 IFA_F_NOPREFIXROUTE = 0x200
 SYSCTL_ROOT = Path("/proc/sys")
 MAIN_TABLE = 254
+LOCAL_TABLE = 255
 IPV6_METRIC = 1024  # the metric of an IPv6 route added without one
 IFF_UP = 0x1
+NTF_PROXY = 0x08
+RTN_UNICAST, RTN_UNREACHABLE = 1, 7
 SIOCGIFFLAGS = 0x8913
 
 
@@ -66,7 +69,7 @@ def write_sysctl(key: str, value: str) -> None:
 class _Change:
     """One change InterfaceSetup made: how to take it back, and (addresses, routes) how to make it again."""
 
-    kind: str  # "sysctl", "addr" or "route"
+    kind: str  # "sysctl", "addr", "route" or "neigh" (a proxy entry)
     spec: dict  # sysctl: key and old value; addr, route: what identifies it (the arguments of add and del)
     extra: dict = field(default_factory=dict)  # what only adding needs (address flags)
 
@@ -94,9 +97,9 @@ class InterfaceSetup:
         if change not in self._changes:  # made again after the kernel dropped it: one record
             self._changes.append(change)
 
-    def set_sysctl(self, leaf: str, value: str) -> None:
-        """net.ipv6.conf.<ifname>.<leaf> = value, restored by undo()."""
-        key = f"net.ipv6.conf.{self.ifname}.{leaf}"
+    def set_sysctl(self, leaf: str, value: str, *, interface: str | None = None) -> None:
+        """net.ipv6.conf.<ifname>.<leaf> = value, restored by undo(); `interface` "all" for the namespace-wide one."""
+        key = f"net.ipv6.conf.{interface or self.ifname}.{leaf}"
         old = read_sysctl(key)
         if old != value:
             write_sysctl(key, value)
@@ -111,6 +114,22 @@ class InterfaceSetup:
         """
         self._call("setting MTU, queue length and state up", "link", "set", index=self.index, mtu=mtu,
                    txqlen=queue, state="up")
+
+    def mac(self) -> bytes | None:
+        """The interface's 6-byte hardware address, or None (a TUN device has none)."""
+        text = self.ipr.get_links(self.index)[0].get_attr("IFLA_ADDRESS")
+        raw = bytes.fromhex(text.replace(":", "")) if text else b""
+        return raw if len(raw) == 6 else None
+
+    def is_up(self) -> bool:
+        return bool(self.ipr.get_links(self.index)[0]["flags"] & IFF_UP)
+
+    def link_local(self) -> str | None:
+        """An IPv6 link-local address of the interface (tentative ones count), or None."""
+        for entry in self.ipr.get_addr(index=self.index, family=AF_INET6):
+            if ipaddress.IPv6Address(entry.get_attr("IFA_ADDRESS")).is_link_local:
+                return entry.get_attr("IFA_ADDRESS")
+        return None
 
     def has_address(self, address: str, prefixlen: int) -> bool:
         packed = ipaddress.IPv6Address(address)
@@ -135,11 +154,16 @@ class InterfaceSetup:
         return True
 
     def _route_spec(self, prefix: str, prefixlen: int, extra: dict) -> dict:
+        if extra.get("type") == "unreachable":  # answered with ICMPv6 unreachable: no interface
+            return dict(dst=prefix, dst_len=prefixlen, family=AF_INET6, **extra)
         return dict(dst=prefix, dst_len=prefixlen, oif=self.index, family=AF_INET6, **extra)
 
     def add_route(self, prefix: str, prefixlen: int, *, adopt: bool = False, **extra) -> None:
         """Add a route through this interface (kept as it is if this very route exists already; with
         `adopt` also taken as ours, so that undo removes it).
+
+        With type="unreachable" it is a route through no interface that answers
+        ICMPv6 unreachable (still one of this setup's changes, undone with them).
 
         Raises NetlinkSetupError if the kernel refuses it, also when another route
         for the prefix with the same metric is in the way (the kernel says "exists").
@@ -168,7 +192,8 @@ class InterfaceSetup:
         dst = ipaddress.IPv6Address(spec["dst"])
         gateway = spec.get("gateway")
         for entry in self.ipr.get_routes(family=AF_INET6, table=MAIN_TABLE):
-            if (entry["dst_len"] == spec["dst_len"] and entry.get_attr("RTA_OIF") == spec["oif"]
+            if (entry["dst_len"] == spec["dst_len"] and entry.get_attr("RTA_OIF") == spec.get("oif")
+                    and entry["type"] == (RTN_UNREACHABLE if spec.get("type") == "unreachable" else RTN_UNICAST)
                     and ipaddress.IPv6Address(entry.get_attr("RTA_DST") or "::") == dst
                     and (entry.get_attr("RTA_PRIORITY") or 0) == spec.get("priority", IPV6_METRIC)
                     and (gateway is None or entry.get_attr("RTA_GATEWAY") is not None
@@ -190,16 +215,50 @@ class InterfaceSetup:
         if self._forget("addr", spec) and self.has_address(address, prefixlen):
             self._call(f"removing address {address}/{prefixlen}", "addr", "del", **spec)
 
+    def _delete(self, what: str, kind: str, spec: dict) -> None:
+        """Delete a route or neighbour entry; one that is gone already is fine."""
+        try:
+            getattr(self.ipr, kind)("del", **spec)
+        except NetlinkError as exc:
+            if exc.code not in (errno.ESRCH, errno.ENOENT):
+                raise NetlinkSetupError(exc.code, f"removing {what} on {self.ifname}: {_reason(exc)}") from None
+
     def remove_route(self, prefix: str, prefixlen: int, **extra) -> None:
         """Remove a route that add_route() added with the same arguments (others are left alone)."""
         spec = self._route_spec(prefix, prefixlen, extra)
         if self._forget("route", spec):
-            try:
-                self.ipr.route("del", **spec)
-            except NetlinkError as exc:
-                if exc.code not in (errno.ESRCH, errno.ENOENT):
-                    raise NetlinkSetupError(exc.code, f"removing route {prefix}/{prefixlen} via {self.ifname}: "
-                                                      f"{_reason(exc)}") from None
+            self._delete(f"route {prefix}/{prefixlen}", "route", spec)
+
+    def drop_anycast(self, address: str) -> None:
+        """Remove the kernel's local anycast route for `address` on this interface, if there is one.
+
+        Not recorded: the kernel made it, with an address whose removal takes it away.
+        """
+        self._delete(f"the anycast address {address}", "route", dict(
+            family=AF_INET6, dst=address, dst_len=128, type="anycast", table=LOCAL_TABLE, oif=self.index))
+
+    def add_proxy_neighbour(self, address: str) -> None:
+        """Answer Neighbor Solicitations for `address` on this interface (needs proxy_ndp and forwarding)."""
+        change = _Change("neigh", dict(dst=address, ifindex=self.index, family=AF_INET6, flags=NTF_PROXY))
+        if self._add_proxy_neighbour(change):
+            self._remember(change)
+
+    def _add_proxy_neighbour(self, change: _Change) -> bool:
+        """Add the proxy entry; False if it is there already."""
+        try:
+            self.ipr.neigh("add", **change.spec)
+            return True
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                return False
+            raise NetlinkSetupError(exc.code, f"adding proxy neighbour {change.spec['dst']} on {self.ifname}: "
+                                              f"{_reason(exc)}") from None
+
+    def remove_proxy_neighbour(self, address: str) -> None:
+        """Remove a proxy entry that add_proxy_neighbour() added."""
+        spec = dict(dst=address, ifindex=self.index, family=AF_INET6, flags=NTF_PROXY)
+        if self._forget("neigh", spec):
+            self._delete(f"proxy neighbour {address}", "neigh", spec)
 
     def restore(self) -> None:
         """Make again the recorded addresses and routes that are gone; what the kernel refuses is logged.
@@ -213,6 +272,8 @@ class InterfaceSetup:
                     self._add_address(change)
                 elif change.kind == "route":
                     self._add_route(change.spec)
+                elif change.kind == "neigh":
+                    self._add_proxy_neighbour(change)
             except NetlinkSetupError as exc:
                 log.error("%s", exc.strerror)
 

@@ -3,7 +3,8 @@
 After the daemon has its TUN device and sockets, it no longer needs root: it
 switches to an unprivileged user and keeps only CAP_NET_ADMIN (to change
 addresses and routes, e.g. when a peer's NAT mapping changes) in its
-effective, permitted and ambient sets.
+effective, permitted and ambient sets; a LAN gateway also keeps what its
+DHCPv6 server needs when it (re)starts it (CAP_NET_BIND_SERVICE, CAP_NET_RAW).
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from .metrics import serve_metrics
 
 log = logging.getLogger(__name__)
 
+PR_SET_PDEATHSIG = 1
 PR_SET_KEEPCAPS = 8
+CAP_NET_BIND_SERVICE = 10
 CAP_NET_ADMIN = 12
 CAP_NET_RAW = 13
+CAP_NAMES = {CAP_NET_BIND_SERVICE: "CAP_NET_BIND_SERVICE", CAP_NET_ADMIN: "CAP_NET_ADMIN", CAP_NET_RAW: "CAP_NET_RAW"}
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
@@ -106,8 +110,33 @@ class _CapData(ctypes.Structure):
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
-def _libc():
-    return ctypes.CDLL(None, use_errno=True)
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded once, before any fork: children use it between fork and exec
+
+
+def switch_user(uid: int, gid: int, keep: tuple[int, ...]) -> None:
+    """Become uid:gid keeping only the capabilities in `keep` (also in the ambient set, for children).
+
+    System calls only, no lookups: safe between fork and exec (a child's preexec_fn).
+    """
+    libc = _LIBC
+    if libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0:
+        raise PrivilegeError(ctypes.get_errno(), "prctl(PR_SET_KEEPCAPS) failed")
+    try:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    except PermissionError:
+        raise PrivilegeError(1, "cannot switch user (not running as root?)") from None
+    mask = 0
+    for cap in keep:
+        mask |= 1 << cap
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)(_CapData(mask, mask, mask), _CapData(0, 0, 0))
+    if libc.capset(ctypes.byref(header), ctypes.byref(data)) != 0:
+        raise PrivilegeError(ctypes.get_errno(), "capset() failed")
+    PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 47, 2
+    for cap in keep:  # so that the programs it runs (hook scripts, the DHCPv6 server) keep them too
+        libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0)
 
 
 def drop_privileges(user: str, keep: tuple[int, ...] = (CAP_NET_ADMIN,)) -> None:
@@ -122,31 +151,24 @@ def drop_privileges(user: str, keep: tuple[int, ...] = (CAP_NET_ADMIN,)) -> None
         entry = pwd.getpwnam(user)
     except KeyError:
         raise PrivilegeError(0, f"--user {user}: no such user") from None
-    libc = _libc()
-    if libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0:
-        raise PrivilegeError(ctypes.get_errno(), "prctl(PR_SET_KEEPCAPS) failed")
     try:
-        os.setgroups([])
-        os.setgid(entry.pw_gid)
-        os.setuid(entry.pw_uid)
-    except PermissionError:
-        raise PrivilegeError(1, f"--user {user}: cannot switch user (not running as root?)") from None
-    mask = 0
-    for cap in keep:
-        mask |= 1 << cap
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)(_CapData(mask, mask, mask), _CapData(0, 0, 0))
-    if libc.capset(ctypes.byref(header), ctypes.byref(data)) != 0:
-        raise PrivilegeError(ctypes.get_errno(), "capset() failed")
-    PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 47, 2
-    for cap in keep:  # so that hook scripts the peer runs keep them too
-        libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0)
+        switch_user(entry.pw_uid, entry.pw_gid, keep)
+    except PrivilegeError as exc:
+        raise PrivilegeError(exc.errno, f"--user {user}: {exc.strerror}") from None
     os.environ["HOME"] = entry.pw_dir
 
 
+def die_with_parent() -> None:
+    """For a child (preexec_fn, after any switch_user): SIGTERM when the thread that started it ends.
+
+    Also when that is by SIGKILL.  A change of user clears the setting, so it comes last.
+    """
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 def serve_then_drop(metrics: tuple[str, int] | None, collectors, user: str | None,
-                    cleanup: contextlib.ExitStack, ready=None) -> None:
-    """The daemons' last setup step: the metrics exporter, then the switch to `user`.
+                    cleanup: contextlib.ExitStack, keep: tuple[int, ...] = (CAP_NET_ADMIN,), ready=None) -> None:
+    """The daemons' last setup step: the metrics exporter, then the switch to `user`, keeping `keep`.
 
     In this order because the exporter's thread imports modules lazily, which an
     unprivileged user may not be able to read; it needs no capabilities itself.
@@ -157,8 +179,8 @@ def serve_then_drop(metrics: tuple[str, int] | None, collectors, user: str | Non
         server = serve_metrics(metrics, *collectors, ready=ready)
         cleanup.callback(server.shutdown)
     if user:
-        drop_privileges(user)
-        log.info("running as user %s with CAP_NET_ADMIN only", user)
+        drop_privileges(user, keep)
+        log.info("running as user %s with %s only", user, ", ".join(CAP_NAMES[cap] for cap in keep))
 
 
 def capabilities() -> dict[str, str]:

@@ -6,10 +6,11 @@ import argparse
 import sys
 
 from .. import cliutil, config
-from ..core import addr
+from ..core import addr, lan
 from ..core.peer import DEFAULT_KEEPALIVE, DEFAULT_KEEPALIVE_TTL, PeerConfig
 from ..io.metrics import parse_listen
 from .daemon import PeerSettings, run_peer
+from .lan import DEFAULT_STATE_DIR, LanSettings
 
 DESCRIPTION = """\
 6bed4 peer: IPv6 for a host (or a home network's gateway) that has only IPv4,
@@ -25,7 +26,18 @@ addresses of the /114 the peer may hand on, lanids 2..0x3fff),
 announces; ROUTER is the router's address in the peer's /114) and
 `SCRIPT PID del-offers` (before new offers, and on exit).
 
-example: 6bed4peer -s 192.0.2.1 -r
+home gateway (--lan IF): the peer advertises itself as the IPv6 router of the
+LAN on IF.  --lan-mode routed hands out lanids 2..0x3fff of the /114 by DHCPv6
+(dnsmasq, started and stopped by the peer) to devices that ask for them;
+nat66 advertises a ULA /64 (generated once, kept in --state-dir) for devices
+that only do SLAAC, translated to the peer's own address by nftables; both
+(the default) does both.  When the /114 changes (NAT rebinding), DHCPv6
+devices move to the new range within about a minute and a half (their
+renewal), translated ones at once.  On exit the peer announces router
+lifetime 0 on the LAN and removes all it added.
+
+examples: 6bed4peer -s 192.0.2.1 -r
+          6bed4peer -s 192.0.2.1 --lan br-lan
 """
 
 
@@ -72,6 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accepted for compatibility: always in the foreground")
     p.add_argument("-e", "--log-stderr", action=argparse.BooleanOptionalAction, default=True,
                    help="accepted for compatibility: always logs to stderr")
+    gateway = p.add_argument_group("home gateway")
+    gateway.add_argument("--lan", metavar="IF",
+                         help="be the IPv6 gateway of the LAN on interface IF (implies -r): Router Advertisements, "
+                              "DHCPv6 and/or nat66 by --lan-mode")
+    gateway.add_argument("--lan-mode", choices=lan.MODES, default=lan.BOTH,
+                         help="routed: lanids of the /114 by DHCPv6; nat66: a ULA /64 for SLAAC, translated "
+                              "to the peer's address; both (default: %(default)s)")
+    gateway.add_argument("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR,
+                         help="where the LAN's ULA prefix is kept (default: %(default)s)")
+    gateway.add_argument("--dnsmasq", metavar="PATH", default="dnsmasq",
+                         help="the DHCPv6 server binary (default: %(default)s, from PATH or /usr/sbin)")
     ops = p.add_argument_group("operations")
     ops.add_argument("--metrics", metavar="HOST:PORT", type=parse_listen,
                      help="serve Prometheus metrics over HTTP, e.g. 127.0.0.1:9641")
@@ -98,8 +121,11 @@ def settings_from_args(args: argparse.Namespace) -> PeerSettings:
         router_port=args.router_port,
         keepalive=period,
         keepalive_ttl=ttl,
-        default_route=args.default_route,
+        default_route=args.default_route or bool(args.lan),  # the LAN's traffic goes through the tunnel
     )
+    gateway = None
+    if args.lan:
+        gateway = LanSettings(args.lan, args.lan_mode, args.state_dir, args.dnsmasq, args.user)
     return PeerSettings(
         config=config,
         bind=(args.v4listen, args.port or 0),
@@ -108,6 +134,7 @@ def settings_from_args(args: argparse.Namespace) -> PeerSettings:
         hook=args.exthook,
         metrics=args.metrics,
         user=args.user,
+        lan=gateway,
     )
 
 

@@ -16,6 +16,7 @@ import signal
 import socket
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 
 from .. import cliutil
@@ -27,6 +28,7 @@ from ..io.datapath import Datapath, DatapathError
 from ..io.metrics import CountersCollector, MetricsError
 from ..io.tun import Tun, TunError
 from ..io.udp import UdpError, open_udp
+from .lan import LanError, LanGateway, LanSettings
 
 log = logging.getLogger("6bed4peer")
 
@@ -40,7 +42,8 @@ HOOK_TIMEOUT = 10.0
 # What each signal does (the man page's SIGNALS section is made from this table).
 SIGNALS = {
     signal.SIGTERM: ("stop", "stop cleanly: tell the hook del-offers, remove the address and routes and the TUN "
-                             "device the peer created, exit 0"),
+                             "device the peer created (with --lan: a last RA with router lifetime 0 on the LAN, "
+                             "dnsmasq stopped, the LAN's addresses, routes and nftables table removed), exit 0"),
     signal.SIGINT: ("stop", "the same as SIGTERM"),
     signal.SIGHUP: ("reload", "read the --config file again; a new log-level and a new exthook take effect at once "
                               "(the old hook is told del-offers, the new one gets the offers), without dropping a "
@@ -60,6 +63,7 @@ class PeerSettings:
     hook: str | None = None
     metrics: tuple[str, int] | None = None
     user: str | None = None
+    lan: LanSettings | None = None  # --lan: the gateway of a LAN
 
 
 def configure_tun(setup: netlink.InterfaceSetup) -> None:
@@ -184,10 +188,11 @@ class LeaseApplier:
 class Ticker:
     """Runs the core's timers and carries out what they return."""
 
-    def __init__(self, core: PeerCore, sock: socket.socket, applier: LeaseApplier):
+    def __init__(self, core: PeerCore, sock: socket.socket, applier: LeaseApplier, lan: LanGateway | None = None):
         self.core = core
         self.sock = sock
         self.applier = applier
+        self.lan = lan
         self.ready = False  # told systemd READY=1: once the first address is configured
         self.default_ttl = sock.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
         self.router = core.config.router
@@ -200,11 +205,17 @@ class Ticker:
                     self.applier.retry()
             elif isinstance(event, Configure):
                 self.configure(event)
+                if self.lan:
+                    self.lan.lease_changed(event.lease, now)
             elif isinstance(event, Unconfigure):
                 log.warning("the router withdrew %s; soliciting a new prefix", event.old.describe())
                 self.applied(lambda: self.applier.remove(event.old))
+                if self.lan:
+                    self.lan.lease_changed(None, now)
             elif isinstance(event, Notice):
                 log.log(event.level, "%s", event.message)
+        if self.lan:
+            self.lan.tick(now)
 
     def send(self, datagram: Datagram) -> None:
         ttl = datagram.ttl
@@ -291,11 +302,24 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer", reload: Reload | N
             lease = core.lease
             return {"router": "%s:%d" % config.router, "address": addr.format_address(lease.address) if lease else ""}
 
+        collectors = [CountersCollector("sixbed4_peer", core.counters, info)]
+        gateway = None
+        if settings.lan:
+            try:
+                gateway = LanGateway.open(settings.lan, setup, cleanup, time.monotonic())
+            except LanError as exc:
+                return cliutil.fail(prog, str(exc))
+            watch.add(gateway.lan_setup.index, f"the LAN interface {settings.lan.interface}",
+                      "the LAN is cut off until it is up again", gateway.restore)
+            collectors.append(CountersCollector("sixbed4_peer_lan", gateway.advertiser.counters,
+                                                events=("rs_received", "ra_sent"),
+                                                reasons=("nd_bad_hoplimit", "nd_malformed", "send_error")))
+
         # This thread keeps CAP_NET_ADMIN after the switch to --user: it re-addresses on a
-        # corrective RA and passes the capability on to the hook.
+        # corrective RA and passes the capability on to the hook (and, on a LAN, to the DHCPv6 server).
         try:
-            service.serve_then_drop(settings.metrics, [CountersCollector("sixbed4_peer", core.counters, info)],
-                                    settings.user, cleanup)
+            keep = settings.lan.capabilities if settings.lan else (service.CAP_NET_ADMIN,)
+            service.serve_then_drop(settings.metrics, collectors, settings.user, cleanup, keep)
         except (MetricsError, service.PrivilegeError) as exc:
             return cliutil.fail(prog, str(exc))
         cleanup.callback(hook.withdraw)  # del-offers first; then undo() removes addresses and routes
@@ -307,7 +331,7 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer", reload: Reload | N
             log.warning("no route to the router %s yet: not watching an uplink", config.router_ipv4)
 
         service.handle_signals(SIGNALS, stop=datapath.stop, reload=reload)
-        ticker = Ticker(core, sock, applier)
+        ticker = Ticker(core, sock, applier, gateway)
         service.notify(f"STATUS=soliciting router {config.router_ipv4}")  # READY=1 comes with the address
         on_tick = service.reloading(reload, settings, ticker, LIVE_SETTINGS,
                                     apply=lambda running: ticker.change_hook(running.hook), ready=lambda: ticker.ready)
