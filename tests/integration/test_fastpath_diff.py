@@ -29,7 +29,7 @@ import pytest
 
 from sixbed4.core import addr, icmp6
 from sixbed4.core.router import SEND, TUN, MasqRule, RouterConfig, RouterCore
-from sixbed4.fastpath.loader import FastPath
+from sixbed4.fastpath.loader import RouterFastPath
 from tests.netlab import ROOT
 
 ROUTER_V4 = addr.parse_ipv4("192.0.2.1")
@@ -50,7 +50,7 @@ def fastpath():
         lab.sh(ns, "ip link add up0 type veth peer name up1 && ip link set up0 address 02:00:00:00:00:01"
                    " && ip link set up0 up && ip link set up1 up && ip addr add 192.0.2.1/24 dev up0")
         with lab.inside(ns):
-            fast = FastPath.load()
+            fast = RouterFastPath.load()
             try:
                 yield Differential(fast, lab.sh(ns, "cat /sys/class/net/up0/ifindex").stdout.strip(), lab, ns)
             finally:
@@ -93,7 +93,7 @@ class Tally:
 
 
 class Differential:
-    def __init__(self, fast: FastPath, uplink_index: str, lab, ns):
+    def __init__(self, fast: RouterFastPath, uplink_index: str, lab, ns):
         self.fast, self.uplink_index, self.lab, self.ns = fast, int(uplink_index), lab, ns
         self.config: RouterConfig | None = None
         self.core: RouterCore | None = None

@@ -23,7 +23,7 @@ def never_called():
 
 
 def test_off_loads_nothing():
-    assert control.start("off", CONFIG, ("192.0.2.1", 25790), "6bed4", "eth0", never_called) is None
+    assert control.start("off", never_called, logging.getLogger("6bed4router")) is None
 
 
 @pytest.mark.parametrize("bind, uplink, reason", [
@@ -31,10 +31,15 @@ def test_off_loads_nothing():
     (("192.0.2.1", 25790), None, "no interface has or routes 192.0.2.1: give --uplink"),
 ])
 def test_on_fails_and_auto_logs_why(bind, uplink, reason, caplog):
+    log = logging.getLogger("6bed4router")
+
+    def attach():
+        return control.router(CONFIG, bind, "6bed4", uplink, never_called)
+
     with pytest.raises(FastPathError, match=reason.replace("(", r"\(").replace(")", r"\)")):
-        control.start("on", CONFIG, bind, "6bed4", uplink, never_called)
+        control.start("on", attach, log)
     with caplog.at_level(logging.INFO, logger="6bed4router"):
-        assert control.start("auto", CONFIG, bind, "6bed4", uplink, never_called) is None
+        assert control.start("auto", attach, log) is None
     [record] = [r for r in caplog.records if "fast path" in r.message]
     assert record.message == f"fast path not used: {reason}; all packets take the Python path"
 

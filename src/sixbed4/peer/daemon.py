@@ -23,6 +23,7 @@ from .. import cliutil
 from ..config import Reload
 from ..core import addr
 from ..core.peer import Configure, Datagram, Lease, Notice, PeerConfig, PeerCore, Unconfigure
+from ..fastpath import control as fastpath
 from ..io import netlink, service
 from ..io.datapath import Datapath, DatapathError
 from ..io.metrics import CountersCollector, MetricsError
@@ -41,15 +42,17 @@ HOOK_TIMEOUT = 10.0
 
 # What each signal does (the man page's SIGNALS section is made from this table).
 SIGNALS = {
-    signal.SIGTERM: ("stop", "stop cleanly: tell the hook del-offers, remove the address and routes and the TUN "
+    signal.SIGTERM: ("stop", "stop cleanly: detach the fast path, tell the hook del-offers, remove the address and "
+                             "routes and the TUN "
                              "device the peer created (with --lan: a last RA with router lifetime 0 on the LAN, "
                              "dnsmasq stopped, the LAN's addresses, routes and nftables table removed), exit 0"),
     signal.SIGINT: ("stop", "the same as SIGTERM"),
     signal.SIGHUP: ("reload", "read the --config file again; a new log-level and a new exthook take effect at once "
                               "(the old hook is told del-offers, the new one gets the offers), without dropping a "
                               "packet; any other changed setting is logged and takes effect at the next start"),
-    signal.SIGKILL: (None, "the kernel removes the TUN device the peer created, with its address and routes; the "
-                           "hook is not told, so offers it made stay until the next start's del-offers"),
+    signal.SIGKILL: (None, "the kernel removes the TUN device the peer created, with its address and routes, and the "
+                           "fast path's tcx links; the hook is not told, so offers it made stay until the next "
+                           "start's del-offers"),
 }
 LIVE_SETTINGS = frozenset({"hook"})  # what a reload changes in a running peer
 
@@ -64,6 +67,7 @@ class PeerSettings:
     metrics: tuple[str, int] | None = None
     user: str | None = None
     lan: LanSettings | None = None  # --lan: the gateway of a LAN
+    fast_path: str = "auto"  # the kernel fast path: auto, on, off
 
 
 def configure_tun(setup: netlink.InterfaceSetup) -> None:
@@ -297,12 +301,27 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer", reload: Reload | N
             return cliutil.fail(prog, f"{exc.filename}: permission denied (run as root or with CAP_NET_ADMIN)")
 
         core = PeerCore(config)
+        local = sock.getsockname()
+        try:
+            fast = fastpath.start(settings.fast_path, lambda: fastpath.peer(config.router, local, tun.name), log)
+        except fastpath.FastPathError as exc:
+            return cliutil.fail(prog, f"--fast-path on: {exc}")
+        follower = None
+        if fast is not None:
+            fastpath.close_on_exit(cleanup, fast, log)
+            follower = fastpath.PeerFollower(fast, core, settings.bind[0], log)
+
+        def counters():
+            return core.counters.plus(fast.counters()) if fast else core.counters
 
         def info() -> dict[str, str]:
             lease = core.lease
-            return {"router": "%s:%d" % config.router, "address": addr.format_address(lease.address) if lease else ""}
+            return {"router": "%s:%d" % config.router, "address": addr.format_address(lease.address) if lease else "",
+                    "fast_path": str(fast.attachment) if fast else "off"}
 
-        collectors = [CountersCollector("sixbed4_peer", core.counters, info)]
+        collectors = [CountersCollector("sixbed4_peer", counters, info)]
+        if fast is not None:
+            collectors.append(fast.metrics_collector("sixbed4_peer"))
         gateway = None
         if settings.lan:
             try:
@@ -325,7 +344,6 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer", reload: Reload | N
         cleanup.callback(hook.withdraw)  # del-offers first; then undo() removes addresses and routes
         datapath = Datapath(sock, tun, core)
         cleanup.callback(datapath.close)
-        local = sock.getsockname()
         log.info("soliciting router %s:%d from UDP %s:%d via %s", *config.router, *local, tun.name)
         if watch.uplink is None:
             log.warning("no route to the router %s yet: not watching an uplink", config.router_ipv4)
@@ -335,6 +353,8 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer", reload: Reload | N
         service.notify(f"STATUS=soliciting router {config.router_ipv4}")  # READY=1 comes with the address
         on_tick = service.reloading(reload, settings, ticker, LIVE_SETTINGS,
                                     apply=lambda running: ticker.change_hook(running.hook), ready=lambda: ticker.ready)
+        if fast is not None:  # the programs follow the lease, the route to the router and the TUN device's state
+            on_tick = fast.following_tun(follower.following(on_tick), lambda: setup.index not in watch.down)
         try:
             ticker(datapath.clock())  # the first RS now, not a tick later
             datapath.run(on_tick=watch.guarding(on_tick), tick=TICK)
@@ -344,6 +364,6 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer", reload: Reload | N
         finally:
             events = {"rs_sent": core.rs_sent, "ra_received": core.ra_received,
                       "keepalives_sent": core.keepalives_sent, "readdressed": core.readdressed}
-            events.update((k, v) for k, v in core.counters.snapshot().items() if v)
+            events.update((k, v) for k, v in counters().snapshot().items() if v)
             log.info("counters: %s", " ".join(f"{k}={v}" for k, v in events.items()))
         return 0
