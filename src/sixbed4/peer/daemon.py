@@ -302,14 +302,20 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer", reload: Reload | N
 
         core = PeerCore(config)
         local = sock.getsockname()
+        gateway = None
+        if settings.lan:
+            try:
+                gateway = LanGateway.open(settings.lan, setup, cleanup, time.monotonic())
+            except LanError as exc:
+                return cliutil.fail(prog, str(exc))
+            watch.add(gateway.lan_setup.index, f"the LAN interface {settings.lan.interface}",
+                      "the LAN is cut off until it is up again", gateway.restore)
         try:
             fast = fastpath.start(settings.fast_path, lambda: fastpath.peer(config.router, local, tun.name), log)
         except fastpath.FastPathError as exc:
             return cliutil.fail(prog, f"--fast-path on: {exc}")
-        follower = None
         if fast is not None:
             fastpath.close_on_exit(cleanup, fast, log)
-            follower = fastpath.PeerFollower(fast, core, settings.bind[0], log)
 
         def counters():
             return core.counters.plus(fast.counters()) if fast else core.counters
@@ -322,14 +328,7 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer", reload: Reload | N
         collectors = [CountersCollector("sixbed4_peer", counters, info)]
         if fast is not None:
             collectors.append(fast.metrics_collector("sixbed4_peer"))
-        gateway = None
-        if settings.lan:
-            try:
-                gateway = LanGateway.open(settings.lan, setup, cleanup, time.monotonic())
-            except LanError as exc:
-                return cliutil.fail(prog, str(exc))
-            watch.add(gateway.lan_setup.index, f"the LAN interface {settings.lan.interface}",
-                      "the LAN is cut off until it is up again", gateway.restore)
+        if gateway is not None:
             collectors.append(CountersCollector("sixbed4_peer_lan", gateway.advertiser.counters,
                                                 events=("rs_received", "ra_sent"),
                                                 reasons=("nd_bad_hoplimit", "nd_malformed", "send_error")))
@@ -354,6 +353,7 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer", reload: Reload | N
         on_tick = service.reloading(reload, settings, ticker, LIVE_SETTINGS,
                                     apply=lambda running: ticker.change_hook(running.hook), ready=lambda: ticker.ready)
         if fast is not None:  # the programs follow the lease, the route to the router and the TUN device's state
+            follower = fastpath.PeerFollower(fast, core, settings.bind[0], log)
             on_tick = fast.following_tun(follower.following(on_tick), lambda: setup.index not in watch.down)
         try:
             ticker(datapath.clock())  # the first RS now, not a tick later
