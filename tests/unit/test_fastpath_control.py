@@ -87,9 +87,15 @@ class FakePeerFastPath:
 
     def __init__(self, movable=("eth0", "wlan0")):
         self.lease, self.route, self.uplink, self.movable = None, None, "eth0", movable
+        self.attachment, self.broken = "attached", False
 
     def set_lease(self, prefix114):
+        if self.broken:
+            raise OSError(12, "Cannot allocate memory")
         self.lease = prefix114
+
+    def detach(self):
+        self.attachment = None
 
     def set_route(self, local_ipv4, uplink_ifindex):
         self.route = local_ipv4
@@ -150,3 +156,21 @@ def test_a_peer_bound_to_an_address_sends_from_it(monkeypatch):
                                     route_to=lambda ipv4: ("eth0", "10.0.1.2"))
     follower.check_route()
     assert fast.route == addr.parse_ipv4("10.0.1.99")
+
+
+def test_a_peer_whose_programs_cannot_be_updated_takes_them_away(monkeypatch, caplog):
+    from tests.unit.test_peer_core import configured
+
+    monkeypatch.setattr(control, "_index", lambda name: 7)
+    fast = FakePeerFastPath()
+    tick = control.PeerFollower(fast, configured(), "0.0.0.0", logging.getLogger("6bed4peer"),
+                                route_to=lambda ipv4: ("eth0", "10.0.1.2")).following(lambda now: None)
+    tick(1.0)
+    fast.broken = True
+    with caplog.at_level(logging.INFO, logger="6bed4peer"):
+        tick(2.0)
+        tick(3.0)  # detached: not tried again
+    assert fast.attachment is None
+    assert [r.message for r in caplog.records] == [
+        "fast path detached: cannot update its configuration (Cannot allocate memory); all packets take the "
+        "Python path"]

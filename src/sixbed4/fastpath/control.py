@@ -127,11 +127,18 @@ class PeerFollower:
     def following(self, on_tick):
         def tick(now: float) -> None:
             on_tick(now)  # the core's timers first: a lease it takes now goes to the kernel at once
+            if self.fast.attachment is None:
+                return
             lease = self.core.lease
-            self.fast.set_lease(lease.prefix114 if lease else None)
-            if now >= self._next_check:
-                self._next_check = now + ROUTE_CHECK
-                self.check_route()
+            try:
+                self.fast.set_lease(lease.prefix114 if lease else None)
+                if now >= self._next_check:
+                    self._next_check = now + ROUTE_CHECK
+                    self.check_route()
+            except OSError as exc:  # the programs would go on with what they knew: take them away
+                self.fast.detach()
+                self.log.error("fast path detached: cannot update its configuration (%s); all packets take the "
+                               "Python path", exc.strerror or exc)
 
         return tick
 
