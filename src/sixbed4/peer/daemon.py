@@ -333,6 +333,7 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer", reload: Reload | N
         service.handle_signals(SIGNALS, stop=datapath.stop, reload=reload)
         ticker = Ticker(core, sock, applier, gateway)
         service.notify(f"STATUS=soliciting router {config.router_ipv4}")  # READY=1 comes with the address
+        cleanup.enter_context(service.feeding_watchdog(datapath))
         on_tick = service.reloading(reload, settings, ticker, LIVE_SETTINGS,
                                     apply=lambda running: ticker.change_hook(running.hook), ready=lambda: ticker.ready)
         try:

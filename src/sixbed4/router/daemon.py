@@ -197,6 +197,7 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Relo
             return cliutil.fail(prog, str(exc))
         datapath = Datapath(sock, tun, core)
         cleanup.callback(datapath.close)
+        health.follow(datapath)
         log.info(
             "serving %s/64 on UDP %s:%d via %s; router address %s",
             prefix_text, *settings.bind, tun.name, addr.format_address(config.address),
@@ -212,6 +213,7 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Relo
 
         service.handle_signals(SIGNALS, stop=lambda: health.drain(datapath.stop), reload=reload)
         service.notify(f"READY=1\nSTATUS=serving {prefix_text}/64 on UDP {settings.bind[0]}:{settings.bind[1]}")
+        cleanup.enter_context(service.feeding_watchdog(datapath))
         try:
             health.update()
             on_tick = service.reloading(reload, settings, NotableEvents(core))
