@@ -21,7 +21,7 @@ import socket
 import threading
 from typing import Iterator
 
-from ..core.watchdog import Feeder, watchdog_interval
+from ..core.watchdog import FEEDS_PER_INTERVAL, STALL_LIMIT, Feeder, watchdog_interval
 from .metrics import serve_metrics
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,19 @@ CAP_NET_ADMIN = 12
 CAP_NET_RAW = 13
 CAP_NAMES = {CAP_NET_BIND_SERVICE: "CAP_NET_BIND_SERVICE", CAP_NET_ADMIN: "CAP_NET_ADMIN", CAP_NET_RAW: "CAP_NET_RAW"}
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+# What the daemons take from their environment (the man pages' ENVIRONMENT section is made from this table).
+ENVIRONMENT = {
+    "NOTIFY_SOCKET": "systemd's notification socket (Type=notify): READY=1, RELOADING=1 around a reload, STATUS= "
+                     "lines, and WATCHDOG=1; without it nothing is sent",
+    "WATCHDOG_USEC": f"systemd's WatchdogSec= in microseconds: WATCHDOG=1 goes to NOTIFY_SOCKET "
+                     f"{FEEDS_PER_INTERVAL} times as often while the data path's loop turns (it does so at least once a "
+                     f"second), and none once it has not turned for {STALL_LIMIT:g} s; systemd then kills the "
+                     "daemon (SIGABRT) and starts it again.  Not passed on to the programs the daemon runs",
+    "WATCHDOG_PID": "the process systemd's watchdog expects WATCHDOG=1 from: when it is another one, "
+                    "WATCHDOG_USEC is not for this one",
+}
 
 
 class PrivilegeError(OSError):

@@ -35,6 +35,9 @@ SIGNALS = {
     signal.SIGINT: ("stop", "the same as SIGTERM"),
     signal.SIGHUP: ("reload", "read the --config file again; a new log-level takes effect at once, without dropping "
                               "a packet; any other changed setting is logged and takes effect at the next start"),
+    signal.SIGABRT: (None, "what systemd's watchdog sends once the router stopped saying WATCHDOG=1, its data path "
+                           "stalled (see ENVIRONMENT; /ready says 503 \"data path stalled for N s\" meanwhile): "
+                           "every thread's Python traceback goes to stderr, then the process ends as by SIGKILL"),
     signal.SIGKILL: (None, "the kernel removes the TUN device the router created, with its addresses and routes "
                            "(the --anycast-table announcement too, which BIRD then withdraws), and the fast "
                            "path's tcx links, so a restart works at once; with -d the router's addresses and route "
