@@ -17,12 +17,8 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shlex
 import signal
-import socket
-import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,52 +27,12 @@ from pathlib import Path
 import pytest
 
 from tests.integration import topology
+from tests.integration.sdnotify import Notifications, under_systemd
 from tests.netlab import Lab
 
 WATCHDOG_USEC = 1_000_000
 MAX_GAP = 0.5  # between two WATCHDOG=1 while the data path turns
 METRICS = "127.0.0.1:9640"
-
-
-class Notifications:
-    """systemd's side of sd_notify: a unix datagram socket, every message with the time it came."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.1)
-        self.messages: list[tuple[float, str]] = []
-        self.closed = False
-        self.thread = threading.Thread(target=self._receive, daemon=True)
-        self.thread.start()
-
-    def _receive(self) -> None:
-        while not self.closed:
-            try:
-                text = self.sock.recv(4096).decode()
-            except (TimeoutError, OSError):
-                continue
-            self.messages.append((time.monotonic(), text))
-
-    def close(self) -> None:
-        self.closed = True
-        self.thread.join()
-        self.sock.close()
-
-    def feeds(self, start: float, end: float | None = None) -> list[float]:
-        """When WATCHDOG=1 came, between start and end."""
-        return [at for at, text in list(self.messages)
-                if "WATCHDOG=1" in text.split("\n") and at >= start and (end is None or at <= end)]
-
-    def first(self, line: str) -> float | None:
-        return next((at for at, text in list(self.messages) if line in text.split("\n")), None)
-
-
-def under_systemd(notify: Notifications, argv: list[str]) -> list[str]:
-    """argv as systemd starts it with WatchdogSec=1s: WATCHDOG_PID is the daemon's own PID (exec keeps it)."""
-    return ["sh", "-c", f"export NOTIFY_SOCKET={notify.path} WATCHDOG_USEC={WATCHDOG_USEC} WATCHDOG_PID=$$; "
-                        f"exec {shlex.join(argv)}"]
 
 
 def feed_gaps_while(notify: Notifications, seconds: float) -> list[float]:
@@ -145,7 +101,8 @@ def test_router_feeds_the_watchdog_only_while_its_data_path_turns(notify, tmp_pa
     with Lab("wd") as lab:
         net = topology.build(lab, ("mob",))
         router = lab.start(net.router, under_systemd(notify, [sys.executable, "-m", "sixbed4.router.cli", "--config",
-                                                              str(config), "--fast-path", "off"]), "router")
+                                                              str(config), "--fast-path", "off"], WATCHDOG_USEC),
+                           "router")
         release(config, settings)  # the router reads its config at start
         lab.wait_for(lambda: notify.first("READY=1"), 20, "READY=1")
         assert_fed_regularly(notify)
@@ -190,7 +147,7 @@ def test_peer_feeds_the_watchdog_only_while_its_data_path_turns(notify, tmp_path
         net = topology.build(lab, ("mob",))
         net.start_router()
         peer = lab.start(net.clients["mob"].ns, under_systemd(notify, [
-            sys.executable, "-m", "sixbed4.peer.cli", "-s", topology.ROUTER_V4, "-x", str(hook)]), "peer")
+            sys.executable, "-m", "sixbed4.peer.cli", "-s", topology.ROUTER_V4, "-x", str(hook)], WATCHDOG_USEC), "peer")
         # the address came, and the hook holds the data path's thread: no READY=1, and the feeding stops
         lab.wait_for(lambda: "assigned" in lab.log("peer"), 20, "peer address")
         lab.wait_for(lambda: "no longer feeding systemd's watchdog" in lab.log("peer"), 10, "the stall noticed")
