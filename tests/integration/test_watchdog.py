@@ -146,8 +146,8 @@ def test_peer_feeds_the_watchdog_only_while_its_data_path_turns(notify, tmp_path
     with Lab("wd") as lab:
         net = topology.build(lab, ("mob",))
         net.start_router()
-        peer = lab.start(net.clients["mob"].ns, under_systemd(notify, [
-            sys.executable, "-m", "sixbed4.peer.cli", "-s", topology.ROUTER_V4, "-x", str(hook)], WATCHDOG_USEC), "peer")
+        argv = [sys.executable, "-m", "sixbed4.peer.cli", "-s", topology.ROUTER_V4, "-x", str(hook)]
+        peer = lab.start(net.clients["mob"].ns, under_systemd(notify, argv, WATCHDOG_USEC), "peer")
         # the address came, and the hook holds the data path's thread: no READY=1, and the feeding stops
         lab.wait_for(lambda: "assigned" in lab.log("peer"), 20, "peer address")
         lab.wait_for(lambda: "no longer feeding systemd's watchdog" in lab.log("peer"), 10, "the stall noticed")

@@ -40,8 +40,8 @@ ENVIRONMENT = {
     "NOTIFY_SOCKET": "systemd's notification socket (Type=notify): READY=1, RELOADING=1 around a reload, STATUS= "
                      "lines, and WATCHDOG=1; without it nothing is sent",
     "WATCHDOG_USEC": f"systemd's WatchdogSec= in microseconds: WATCHDOG=1 goes to NOTIFY_SOCKET "
-                     f"{FEEDS_PER_INTERVAL} times as often while the data path's loop turns (it does so at least once a "
-                     f"second), and none once it has not turned for {STALL_LIMIT:g} s; systemd then kills the "
+                     f"{FEEDS_PER_INTERVAL} times as often while the data path's loop turns (it does so at least "
+                     f"once a second), and none once it has not turned for {STALL_LIMIT:g} s; systemd then kills the "
                      "daemon (SIGABRT) and starts it again.  Not passed on to the programs the daemon runs",
     "WATCHDOG_PID": "the process systemd's watchdog expects WATCHDOG=1 from: when it is another one, "
                     "WATCHDOG_USEC is not for this one",
@@ -124,19 +124,20 @@ def feeding_watchdog(datapath, environ=os.environ) -> Iterator[None]:
     """systemd's watchdog (WatchdogSec=): WATCHDOG=1 from a thread of its own while `datapath` turns.
 
     Without $WATCHDOG_USEC for this process (not under systemd, or no
-    WatchdogSec=) nothing happens.  The variables are taken out of the
+    WatchdogSec=) no thread is started.  The variables are taken out of the
     environment either way, as sd_watchdog_enabled(1) does: the programs the
     daemon runs (hooks, dnsmasq) are not the ones systemd watches.  systemd
     kills with SIGABRT; faulthandler then writes every thread's traceback to
-    stderr (the journal) first, which shows where the data path was stuck.
+    stderr (the journal) first, which shows where the data path was stuck
+    (also for a `kill -ABRT` by hand).
     """
+    faulthandler.enable()
     interval = watchdog_interval(environ, os.getpid())
     environ.pop("WATCHDOG_USEC", None)
     environ.pop("WATCHDOG_PID", None)
     if interval is None:
         yield
         return
-    faulthandler.enable()
     feeder = Feeder(interval)
     done = threading.Event()
 
