@@ -7,6 +7,7 @@ A program run by BPF_PROG_TEST_RUN either hands a frame on unchanged
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import random
@@ -169,3 +170,21 @@ class PacketMaker:
         else:
             frame[0] ^= 0x02  # to another host's MAC address
         return bytes(frame)
+
+
+@contextlib.contextmanager
+def loaded(fast_path_class, tag: str, ipv4_interface: str):
+    """The programs of `fast_path_class`, loaded in a namespace of their own whose uplink up0 has
+    `ipv4_interface` (BPF_PROG_TEST_RUN takes the frames as if they arrived there): (fast path, up0's index)."""
+    from tests.netlab import Lab
+
+    with Lab(tag) as lab:
+        ns = lab.ns("node")
+        lab.sh(ns, "ip link add up0 type veth peer name up1 && ip link set up0 address 02:00:00:00:00:01"
+                   f" && ip link set up0 up && ip link set up1 up && ip addr add {ipv4_interface} dev up0")
+        with lab.inside(ns):
+            fast = fast_path_class.load()
+            try:
+                yield fast, int(lab.sh(ns, "cat /sys/class/net/up0/ifindex").stdout)
+            finally:
+                fast.close()

@@ -23,7 +23,7 @@ import pytest
 from sixbed4.core import addr, icmp6
 from sixbed4.core.router import SEND, TUN, MasqRule, RouterConfig, RouterCore
 from sixbed4.fastpath.loader import RouterFastPath
-from tests.fastpath_harness import TTL, PacketMaker, Tally, datagram, recorded_packets, routed
+from tests.fastpath_harness import TTL, PacketMaker, Tally, datagram, loaded, recorded_packets, routed
 
 ROUTER_V4 = addr.parse_ipv4("192.0.2.1")
 OTHER_HOST_V4 = addr.parse_ipv4("198.51.100.200")  # another address of the router host
@@ -32,23 +32,13 @@ FUZZ_CASES = 120_000
 
 @pytest.fixture(scope="module")
 def fastpath():
-    from tests.netlab import Lab
-
-    with Lab("fpd") as lab:
-        ns = lab.ns("rtr")
-        lab.sh(ns, "ip link add up0 type veth peer name up1 && ip link set up0 address 02:00:00:00:00:01"
-                   " && ip link set up0 up && ip link set up1 up && ip addr add 192.0.2.1/24 dev up0")
-        with lab.inside(ns):
-            fast = RouterFastPath.load()
-            try:
-                yield Differential(fast, lab.sh(ns, "cat /sys/class/net/up0/ifindex").stdout.strip(), lab, ns)
-            finally:
-                fast.close()
+    with loaded(RouterFastPath, "fpd", "192.0.2.1/24") as (fast, uplink_index):
+        yield Differential(fast, uplink_index)
 
 
 class Differential:
-    def __init__(self, fast: RouterFastPath, uplink_index: str, lab, ns):
-        self.fast, self.uplink_index, self.lab, self.ns = fast, int(uplink_index), lab, ns
+    def __init__(self, fast: RouterFastPath, uplink_index: int):
+        self.fast, self.uplink_index = fast, uplink_index
         self.config: RouterConfig | None = None
         self.core: RouterCore | None = None
         self.now = 1000.0

@@ -22,7 +22,7 @@ from sixbed4.core import addr
 from sixbed4.core.peer import PeerConfig, PeerCore
 from sixbed4.core.router import SEND, TUN
 from sixbed4.fastpath.loader import PeerFastPath
-from tests.fastpath_harness import TTL, PacketMaker, Tally, datagram, recorded_packets, routed
+from tests.fastpath_harness import TTL, PacketMaker, Tally, datagram, loaded, recorded_packets, routed
 from tests.unit.test_peer_core import pio, ra
 
 LOCAL_V4, LOCAL_PORT = addr.parse_ipv4("10.0.1.2"), 40000
@@ -36,18 +36,8 @@ FUZZ_CASES = 120_000
 
 @pytest.fixture(scope="module")
 def fastpath():
-    from tests.netlab import Lab
-
-    with Lab("pfd") as lab:
-        ns = lab.ns("peer")
-        lab.sh(ns, "ip link add up0 type veth peer name up1 && ip link set up0 address 02:00:00:00:00:01"
-                   " && ip link set up0 up && ip link set up1 up && ip addr add 10.0.1.2/24 dev up0")
-        with lab.inside(ns):
-            fast = PeerFastPath.load()
-            try:
-                yield PeerDifferential(fast, int(lab.sh(ns, "cat /sys/class/net/up0/ifindex").stdout))
-            finally:
-                fast.close()
+    with loaded(PeerFastPath, "pfd", "10.0.1.2/24") as (fast, uplink_index):
+        yield PeerDifferential(fast, uplink_index)
 
 
 class PeerDifferential:
