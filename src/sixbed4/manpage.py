@@ -4,7 +4,8 @@
 a test regenerates them and compares with the committed copies in man/.
 Every section comes from a table the programs themselves use: OPTIONS and
 CONFIGURATION from the argument parsers, SIGNALS from the signal tables the
-daemons install their handlers from, EXIT STATUS from the exit code tables,
+daemons install their handlers from, ENVIRONMENT from the variables the daemons
+read (io.service.ENVIRONMENT), EXIT STATUS from the exit code tables,
 METRICS from the collectors' own output, FILES from the paths in the code.
 """
 
@@ -23,6 +24,7 @@ from .core.stats import DROP_REASONS, Counters
 from .hostsetup import apply as hostsetup_apply
 from .hostsetup import cli as hostsetup_cli
 from .io.metrics import CountersCollector
+from .io.service import ENVIRONMENT
 from .peer import daemon as peer_daemon
 from .router import daemon as router_daemon
 
@@ -155,6 +157,7 @@ def sections(name: str, parser: argparse.ArgumentParser) -> list[tuple[str, list
         signals = _signals(hostsetup_cli.PROXY_SIGNALS) + _entries(
             [("SIGINT, SIGTERM", "demo: take the lab down (namespaces and processes), exit 130")])
         exits = cli.EXIT_STATUS
+        environment = []
         configuration = _configuration(host_setup, "6bed4 host-setup")
         files = [(etc, "the settings 6bed4-host-setup.service gives host-setup (--config)"),
                  (str(hostsetup_apply.DEFAULT_STATE_FILE),
@@ -165,6 +168,7 @@ def sections(name: str, parser: argparse.ArgumentParser) -> list[tuple[str, list
         daemon = router_daemon if name == "6bed4router" else peer_daemon
         signals = _signals(daemon.SIGNALS)
         exits = cliutil.DAEMON_EXIT_STATUS
+        environment = _entries(ENVIRONMENT.items())
         configuration = _configuration(parser, name)
         files = [(etc, f"the settings {UNITS[name]} gives {name} (--config); an example with every key"),
                  ("/dev/net/tun", "opened as root before the switch to --user, so its mode may be 0600"),
@@ -173,7 +177,8 @@ def sections(name: str, parser: argparse.ArgumentParser) -> list[tuple[str, list
                         + ", CAP_SETUID and CAP_SETGID only, then as _sixbed4 with CAP_NET_ADMIN alone; "
                           "Type=notify: ready " + ("when it serves" if name == "6bed4router"
                                                    else "once the router has given it an address")
-                        + "; systemctl reload sends SIGHUP"),
+                        + "; systemctl reload sends SIGHUP; WatchdogSec=: killed and started again when its "
+                          "data path stalls (see ENVIRONMENT)"),
                  (SYSUSERS, "creates the user _sixbed4 at installation")]
         if name == "6bed4router":
             files.append(("/var/cache/sixbed4", "the kernel fast path's eBPF object, compiled by clang at the first "
@@ -185,6 +190,7 @@ def sections(name: str, parser: argparse.ArgumentParser) -> list[tuple[str, list
     return [
         ("CONFIGURATION", configuration),
         ("SIGNALS", signals),
+        *([("ENVIRONMENT", environment)] if environment else []),
         ("EXIT STATUS", _entries(exits.items())),
         ("FILES", _entries(files)),
         ("METRICS", _metrics(_collectors(name))),

@@ -30,8 +30,10 @@ from sixbed4.demo import anycast
 from sixbed4.demo.lab import Lab
 from sixbed4.demo.run import tunnel_address
 from tests import netlab
+from tests.integration.sdnotify import Notifications, under_systemd, unit_watchdog_sec
 
 HOSTS = tuple(anycast.HOSTS)
+CONTRIB_UNITS = netlab.ROOT / "contrib" / "systemd"
 GAP_LIMIT = 1.0  # seconds without replies beyond the ping interval, with BFD (the issue's target)
 PING_INTERVAL = 0.05
 FLOW_SECONDS = 8
@@ -108,11 +110,11 @@ def healthy(net):
     restore()
 
 
-def flows(net: Net) -> dict[str, subprocess.Popen]:
+def flows(net: Net, seconds: float = FLOW_SECONDS) -> dict[str, subprocess.Popen]:
     """A ping every 50 ms both ways between each peer and the Internet host."""
     plan = {"home-out": ("home", anycast.INET6), "home-in": ("inet", net.addresses["home"]),
             "phone-out": ("phone", anycast.INET6), "phone-in": ("inet", net.addresses["phone"])}
-    return {name: anycast.start_ping(net.lab, net.ns(role), destination, FLOW_SECONDS, name, PING_INTERVAL)
+    return {name: anycast.start_ping(net.lab, net.ns(role), destination, seconds, name, PING_INTERVAL)
             for name, (role, destination) in plan.items()}
 
 
@@ -272,6 +274,63 @@ def _longest_stall(report: dict) -> float:
         current = current + seconds if interval["sum"]["bytes"] == 0 else 0.0
         longest = max(longest, current)
     return longest
+
+
+# --- a router that hangs ------------------------------------------------------------
+
+
+def test_a_hung_router_is_withdrawn_when_systemds_watchdog_kills_it(healthy, tmp_path):
+    """A router stopped dead (SIGSTOP) keeps its TUN device, its routes and its announcement, and stops
+    saying WATCHDOG=1; systemd's watchdog (WatchdogSec= of the shipped unit, played by the test) kills
+    it, and the kernel's deletion of the TUN device withdraws it."""
+    net = healthy
+    interval = unit_watchdog_sec(CONTRIB_UNITS / "6bed4router.service")
+    watchdogs = {}
+    for host in HOSTS:  # both routers as systemd runs them: the flows may hash to either
+        net.al.routers[host].kill()
+        net.al.routers[host].wait(5)
+        watchdogs[host] = Notifications(tmp_path / f"notify-{host}")
+        argv = under_systemd(watchdogs[host], net.al.router_argv(host), int(interval * 1_000_000))
+        net.al.routers[host] = net.lab.start(net.ns(host), argv, f"router-{host}")
+    try:
+        wait_for(net.al.all_announced, 20, "both routers announced")
+        for host in HOSTS:
+            watchdogs[host].kill_when_silent(net.al.routers[host].pid, interval)
+        seconds = FAIL_AFTER + interval + 5
+        pings = flows(net, seconds)
+        started = time.time()
+        victim = carrier(net, FAIL_AFTER - 0.5)
+        net.al.routers[victim].send_signal(signal.SIGSTOP)
+        hung_at, hung_mono = time.time(), time.monotonic()
+        wait_for(lambda: victim not in net.al.next_hops(anycast.ANYCAST_V4) | net.al.next_hops(anycast.PREFIX),
+                 interval + 5, f"{victim} withdrawn")
+        withdrawn_after = time.monotonic() - hung_mono
+        killed_after = watchdogs[victim].killed_at - hung_mono
+        assert net.al.routers[victim].wait(5) == -signal.SIGABRT
+        for proc in pings.values():
+            proc.wait(seconds + 10)
+        runs = {name: anycast.ping_run(net.lab.log(name), started, time.time()) for name in pings}
+        gaps = {name: run.longest_silence - PING_INTERVAL for name, run in runs.items()}
+        print(f"\nhung (SIGSTOP): {victim} killed by the watchdog (WatchdogSec {interval:g} s) after "
+              f"{killed_after:.2f} s, withdrawn after {withdrawn_after:.2f} s; gaps "
+              + ", ".join(f"{name} {1000 * gap:.0f} ms ({runs[name].replies}/{runs[name].sent})"
+                          for name, gap in gaps.items()))
+        # the kill withdraws it (nothing else does), at most WatchdogSec after the hang
+        assert interval - interval / 4 - 0.1 <= killed_after <= interval + 0.5, killed_after
+        assert 0 <= withdrawn_after - killed_after <= 1.0
+        assert max(gaps.values()) <= withdrawn_after + GAP_LIMIT, gaps
+        assert all(run.last_reply > hung_at + withdrawn_after for run in runs.values()), "a flow stopped"
+        assert "Fatal Python error: Aborted" in net.lab.log(f"router-{victim}")
+        for role in ("home", "phone"):
+            assert tunnel_address(net.ns(role)) == net.addresses[role], f"the {role} peer's address changed"
+    finally:
+        for notifications in watchdogs.values():
+            notifications.close()
+        for host in HOSTS:  # the healthy fixture starts them again as the other tests have them
+            if net.al.routers[host].poll() is None:
+                net.al.routers[host].send_signal(signal.SIGCONT)
+                net.al.routers[host].kill()
+                net.al.routers[host].wait(5)
 
 
 # --- a router that never serves -------------------------------------------------

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from sixbed4.core.watchdog import STALL_LIMIT
+from sixbed4.peer.daemon import HOOK_TIMEOUT
+
 CONTRIB = Path(__file__).resolve().parents[2] / "contrib"
 UNITS = ["6bed4router.service", "6bed4peer.service", "6bed4-host-setup.service"]
 
@@ -48,6 +51,14 @@ def test_unit_is_hardened(unit):
         assert caps == {"CAP_NET_ADMIN"}
         return
     assert s["Type"] == "notify" and s["Restart"] == "on-failure" and s["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    # systemd's watchdog (core.watchdog): a watchdog kill is a failure, so Restart=on-failure starts it again.
+    # Longer than a stall the daemon lives through: the peer's hook holds its data path up to 2 x HOOK_TIMEOUT.
+    watchdog = float(s["WatchdogSec"].removesuffix("s"))
+    assert STALL_LIMIT < watchdog and "WatchdogSignal" not in s  # SIGABRT: faulthandler's tracebacks
+    if unit == "6bed4peer.service":
+        assert watchdog >= 2 * HOOK_TIMEOUT
+    else:
+        assert s["TimeoutAbortSec"] == "5s"  # a hung anycast router does not wait 90 s for its SIGKILL
     # root only to open /dev/net/tun and bind; then --user: CAP_NET_ADMIN alone (io.service.drop_privileges)
     assert s["ExecStart"].endswith(" --user _sixbed4") and "User" not in s and "DynamicUser" not in s
     # the router's proxy ND packet socket, and its kernel fast path (loaded before --user)

@@ -68,7 +68,12 @@ def test_page_lists_every_long_option(filename):
 def test_page_has_the_operators_sections(name):
     text = rendered(f"{name}.8")
     titles = re.findall(r"^([A-Z][A-Z ]+)$", text, re.M)
-    assert titles[-6:] == ["CONFIGURATION", "SIGNALS", "EXIT STATUS", "FILES", "METRICS", "SEE ALSO"]
+    daemon = name != "6bed4"
+    assert titles[-7 if daemon else -6:] == ["CONFIGURATION", "SIGNALS", *(["ENVIRONMENT"] if daemon else []),
+                                             "EXIT STATUS", "FILES", "METRICS", "SEE ALSO"]
+    if daemon:  # what systemd hands the daemons: the notify socket and the watchdog
+        for variable in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            assert variable in section(text, "ENVIRONMENT")
     see_also = section(text, "SEE ALSO")
     assert f"{name}(8)" not in see_also  # not itself
     for other in set(manpage.PROGRAMS) - {name}:

@@ -26,6 +26,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..core.router import RouterConfig
+from ..core.watchdog import stalled
 from ..io import netlink
 from .agreement import fingerprint, shared_options
 from .options import AnycastSettings
@@ -109,6 +110,7 @@ class Health:
         self.state = "starting"
         self.announced = False
         self.is_up = is_up
+        self.datapath = None  # see follow()
 
     @classmethod
     def for_router(cls, config: RouterConfig, anycast: AnycastSettings | None, setup: netlink.InterfaceSetup,
@@ -208,12 +210,22 @@ class Health:
 
     # --- the signal ---------------------------------------------------------
 
+    def follow(self, datapath) -> None:
+        """Watch the turns of the datapath's loop too: /ready says when it stalls (core.watchdog.stalled).
+
+        Nothing else can follow a stall: the links, the announcement and the
+        state change only from the datapath's own tick.  A stalled router is
+        withdrawn when systemd's watchdog kills it (see core.watchdog).
+        """
+        self.datapath = datapath
+
     def report(self) -> tuple[bool, dict]:
-        """(ready, details) for /ready: ready only while serving."""
-        ready = self.state == "serving"
+        """(ready, details) for /ready: ready only while serving and the datapath turns."""
+        stall = stalled(self.datapath.turned, self.datapath.clock()) if self.datapath else None
+        ready = self.state == "serving" and stall is None
         return ready, {
             "ready": ready,
-            "state": self.state,
+            "state": stall or self.state,
             "announced": list(self.prefixes) if self.announced else [],
             "fingerprint": f"{self.fingerprint:08x}",
             "shared": self.shared,

@@ -117,6 +117,7 @@ class Datapath:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.stopping = False
+        self.turned = clock()  # when run()'s loop last turned (core.watchdog: stalled or not)
 
     # --- sending ----------------------------------------------------------------
 
@@ -325,14 +326,18 @@ class Datapath:
             pass
 
     def run(self, on_tick: Callable[[float], None] | None = None, tick: float = 1.0) -> None:
-        """Pump packets until stop(); call on_tick(now) about every `tick` seconds."""
+        """Pump packets until stop(); call on_tick(now) about every `tick` seconds.
+
+        Each turn of the loop, also one that only waited out the tick, sets
+        `turned`: the watchdog and /ready see from it that the loop goes round.
+        """
         udp_fd, tun_fd, wake_fd = self.sock.fileno(), self.tun.fd, self._wake_r.fileno()
         poller = select.epoll()
         poller.register(udp_fd, select.EPOLLIN)
         poller.register(tun_fd, select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP)
         poller.register(wake_fd, select.EPOLLIN)
         old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        now = self.clock()
+        now = self.turned = self.clock()
         next_tick = now + tick
         short_scheduler_slice()
         # A side that was idle (not ready at the last look, or drained empty) hands its
@@ -356,7 +361,7 @@ class Datapath:
                         more = drain[fd]()
                         alone[fd] = not more
                         busy |= more
-                now = self.clock()
+                now = self.turned = self.clock()
                 if now >= next_tick:
                     next_tick = now + tick
                     if on_tick is not None:

@@ -1,4 +1,4 @@
-"""Service integration: signals, systemd notifications and dropping privileges.
+"""Service integration: signals, systemd notifications and its watchdog, dropping privileges.
 
 After the daemon has its TUN device and sockets, it no longer needs root: it
 switches to an unprivileged user and keeps only CAP_NET_ADMIN (to change
@@ -12,12 +12,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import faulthandler
 import logging
 import os
 import pwd
 import signal
 import socket
+import threading
+from typing import Iterator
 
+from ..core.watchdog import FEEDS_PER_INTERVAL, STALL_LIMIT, Feeder, watchdog_interval
 from .metrics import serve_metrics
 
 log = logging.getLogger(__name__)
@@ -29,6 +33,19 @@ CAP_NET_ADMIN = 12
 CAP_NET_RAW = 13
 CAP_NAMES = {CAP_NET_BIND_SERVICE: "CAP_NET_BIND_SERVICE", CAP_NET_ADMIN: "CAP_NET_ADMIN", CAP_NET_RAW: "CAP_NET_RAW"}
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+# What the daemons take from their environment (the man pages' ENVIRONMENT section is made from this table).
+ENVIRONMENT = {
+    "NOTIFY_SOCKET": "systemd's notification socket (Type=notify): READY=1, RELOADING=1 around a reload, STATUS= "
+                     "lines, and WATCHDOG=1; without it nothing is sent",
+    "WATCHDOG_USEC": f"systemd's WatchdogSec= in microseconds: WATCHDOG=1 goes to NOTIFY_SOCKET "
+                     f"{FEEDS_PER_INTERVAL} times as often while the data path's loop turns (it does so at least "
+                     f"once a second), and none once it has not turned for {STALL_LIMIT:g} s; systemd then kills the "
+                     "daemon (SIGABRT) and starts it again.  Not passed on to the programs the daemon runs",
+    "WATCHDOG_PID": "the process systemd's watchdog expects WATCHDOG=1 from: when it is another one, "
+                    "WATCHDOG_USEC is not for this one",
+}
 
 
 class PrivilegeError(OSError):
@@ -100,6 +117,47 @@ def notify(state: str) -> bool:
         except OSError:
             return False
     return True
+
+
+@contextlib.contextmanager
+def feeding_watchdog(datapath, environ=os.environ) -> Iterator[None]:
+    """systemd's watchdog (WatchdogSec=): WATCHDOG=1 from a thread of its own while `datapath` turns.
+
+    Without $WATCHDOG_USEC for this process (not under systemd, or no
+    WatchdogSec=) no thread is started.  The variables are taken out of the
+    environment either way, as sd_watchdog_enabled(1) does: the programs the
+    daemon runs (hooks, dnsmasq) are not the ones systemd watches.  systemd
+    kills with SIGABRT; faulthandler then writes every thread's traceback to
+    stderr (the journal) first, which shows where the data path was stuck
+    (also for a `kill -ABRT` by hand).
+    """
+    faulthandler.enable()
+    interval = watchdog_interval(environ, os.getpid())
+    environ.pop("WATCHDOG_USEC", None)
+    environ.pop("WATCHDOG_PID", None)
+    if interval is None:
+        yield
+        return
+    feeder = Feeder(interval)
+    done = threading.Event()
+
+    def feed() -> None:
+        while not done.wait(feeder.period):
+            alive, news = feeder.check(datapath.clock(), datapath.turned)
+            if news:
+                log.log(logging.INFO if alive else logging.WARNING, "%s", news)
+            if alive:
+                notify("WATCHDOG=1")
+
+    thread = threading.Thread(target=feed, name="watchdog", daemon=True)
+    thread.start()
+    log.info("systemd's watchdog: WATCHDOG=1 every %.2f s while the data path turns (WatchdogSec %g s)",
+             feeder.period, interval)
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 class _CapHeader(ctypes.Structure):

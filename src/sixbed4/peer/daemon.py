@@ -48,6 +48,9 @@ SIGNALS = {
     signal.SIGHUP: ("reload", "read the --config file again; a new log-level and a new exthook take effect at once "
                               "(the old hook is told del-offers, the new one gets the offers), without dropping a "
                               "packet; any other changed setting is logged and takes effect at the next start"),
+    signal.SIGABRT: (None, "what systemd's watchdog sends once the peer stopped saying WATCHDOG=1, its data path "
+                           "stalled (see ENVIRONMENT): every thread's Python traceback goes to stderr, then the "
+                           "process ends as by SIGKILL"),
     signal.SIGKILL: (None, "the kernel removes the TUN device the peer created, with its address and routes; the "
                            "hook is not told, so offers it made stay until the next start's del-offers"),
 }
@@ -333,6 +336,7 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer", reload: Reload | N
         service.handle_signals(SIGNALS, stop=datapath.stop, reload=reload)
         ticker = Ticker(core, sock, applier, gateway)
         service.notify(f"STATUS=soliciting router {config.router_ipv4}")  # READY=1 comes with the address
+        cleanup.enter_context(service.feeding_watchdog(datapath))
         on_tick = service.reloading(reload, settings, ticker, LIVE_SETTINGS,
                                     apply=lambda running: ticker.change_hook(running.hook), ready=lambda: ticker.ready)
         try:

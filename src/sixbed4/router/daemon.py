@@ -35,6 +35,9 @@ SIGNALS = {
     signal.SIGINT: ("stop", "the same as SIGTERM"),
     signal.SIGHUP: ("reload", "read the --config file again; a new log-level takes effect at once, without dropping "
                               "a packet; any other changed setting is logged and takes effect at the next start"),
+    signal.SIGABRT: (None, "what systemd's watchdog sends once the router stopped saying WATCHDOG=1, its data path "
+                           "stalled (see ENVIRONMENT; /ready says 503 \"data path stalled for N s\" meanwhile): "
+                           "every thread's Python traceback goes to stderr, then the process ends as by SIGKILL"),
     signal.SIGKILL: (None, "the kernel removes the TUN device the router created, with its addresses and routes "
                            "(the --anycast-table announcement too, which BIRD then withdraws), and the fast "
                            "path's tcx links, so a restart works at once; with -d the router's addresses and route "
@@ -197,6 +200,7 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Relo
             return cliutil.fail(prog, str(exc))
         datapath = Datapath(sock, tun, core)
         cleanup.callback(datapath.close)
+        health.follow(datapath)
         log.info(
             "serving %s/64 on UDP %s:%d via %s; router address %s",
             prefix_text, *settings.bind, tun.name, addr.format_address(config.address),
@@ -212,6 +216,7 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Relo
 
         service.handle_signals(SIGNALS, stop=lambda: health.drain(datapath.stop), reload=reload)
         service.notify(f"READY=1\nSTATUS=serving {prefix_text}/64 on UDP {settings.bind[0]}:{settings.bind[1]}")
+        cleanup.enter_context(service.feeding_watchdog(datapath))
         try:
             health.update()
             on_tick = service.reloading(reload, settings, NotableEvents(core))
