@@ -337,10 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         latency_rows = None if args.no_latency else latency.latency_rows(
             100 if args.quick else args.probes, args.interval, args.rounds, args.router_arg, args.peer_arg,
-            args.compare_src, args.hops, args.nat)
+            args.compare_src, args.hops, args.nat, args.c_src, args.c_mixed)
     except KeyboardInterrupt:
         print("interrupted; cleaning up", file=sys.stderr)
         return 130
+    except latency.c_pair.BuildError as error:
+        print(f"bench/run.py: the C pair: {error}", file=sys.stderr)
+        return 1
 
     print_table(results, rss)
     print("load average at start %.2f, at the end %.2f (1 min)" % (load_start[0], os.getloadavg()[0]))
