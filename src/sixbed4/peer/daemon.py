@@ -43,9 +43,9 @@ HOOK_TIMEOUT = 10.0
 # What each signal does (the man page's SIGNALS section is made from this table).
 SIGNALS = {
     signal.SIGTERM: ("stop", "stop cleanly: detach the fast path, tell the hook del-offers, remove the address and "
-                             "routes and the TUN "
-                             "device the peer created (with --lan: a last RA with router lifetime 0 on the LAN, "
-                             "dnsmasq stopped, the LAN's addresses, routes and nftables table removed), exit 0"),
+                             "routes and the TUN device the peer created (with --lan: a last RA with router "
+                             "lifetime 0 on the LAN, dnsmasq stopped, the LAN's addresses, routes and nftables table "
+                             "removed), exit 0"),
     signal.SIGINT: ("stop", "the same as SIGTERM"),
     signal.SIGHUP: ("reload", "read the --config file again; a new log-level and a new exthook take effect at once "
                               "(the old hook is told del-offers, the new one gets the offers), without dropping a "
