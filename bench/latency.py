@@ -89,8 +89,9 @@ class LatencyLab:
             lab.sh(self.peer, f"ip addr add {PEER_V4}/24 dev p0 && ip route add default via {ROUTER_V4}")
         lab.link(self.rtr, "r1", self.inet, "i0")
         # Checksums filled in before the veth, as on a wire: a datagram from a local socket
-        # would reach the router "partial", and the router's fast path leaves such to Python.
+        # would reach the router (or the peer) "partial", and the fast paths leave such to Python.
         lab.sh(self.peer, "ethtool -K p0 tx off")
+        lab.sh(self.rtr, "ethtool -K r0 tx off")
         lab.sh(self.rtr, f"ip addr add {ROUTER_V4}/24 dev r0 && ip addr add {INET_V4_GATEWAY}/24 dev r1"
                          f" && ip -6 addr add {INET_V6_GATEWAY}/64 dev r1 nodad")
         lab.sh(self.inet, f"ip addr add {INET_V4}/24 dev i0 && ip route add default via {INET_V4_GATEWAY}"
@@ -243,7 +244,8 @@ def variants(extra_router_args: list[str]) -> list[tuple[str, list[str], list[st
         return [("python path", [], [])]
     off, on = ["--fast-path", "off"], ["--fast-path", "on"]
     if has_option("sixbed4.peer.cli", "--fast-path"):
-        return [("fast paths off", off, off), ("router fast path", on, off), ("both fast paths", on, on)]
+        return [("fast paths off", off, off), ("peer fast path", off, on), ("router fast path", on, off),
+                ("both fast paths", on, on)]
     return [("fast path off", off, []), ("fast path on", on, [])]
 
 

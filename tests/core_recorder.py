@@ -1,9 +1,9 @@
-"""A pytest plugin that records every packet given to RouterCore, for the fast path's differential test.
+"""A pytest plugin that records every packet given to RouterCore and PeerCore, for the fast paths' differential tests.
 
     SIXBED4_RECORD_CORE=/tmp/packets.pickle python -m pytest -p tests.core_recorder tests/unit/test_router_core.py
 
-Each record is (config, "udp" or "tun", packet bytes as given, origin or None),
-taken before the core sees (and maybe edits) the packet.
+Each record is (config, "udp" or "tun", packet bytes as given, origin or None,
+the peer's /114 or None), taken before the core sees (and maybe edits) the packet.
 """
 
 from __future__ import annotations
@@ -11,27 +11,37 @@ from __future__ import annotations
 import os
 import pickle
 
+from sixbed4.core.peer import PeerCore
 from sixbed4.core.router import RouterCore
 
 _records: list = []
-_from_udp, _from_tun = RouterCore.from_udp, RouterCore.from_tun
+_originals = {core: (core.from_udp, core.from_tun) for core in (RouterCore, PeerCore)}
 
 
-def _recording_from_udp(self, packet, origin, now):
-    _records.append((self.config, "udp", bytes(packet), origin))
-    return _from_udp(self, packet, origin, now)
+def _recording(from_udp, from_tun):
+    def recording_from_udp(self, packet, origin, now):
+        _records.append((self.config, "udp", bytes(packet), origin, _lease(self)))
+        return from_udp(self, packet, origin, now)
+
+    def recording_from_tun(self, packet):
+        _records.append((self.config, "tun", bytes(packet), None, _lease(self)))
+        return from_tun(self, packet)
+
+    return recording_from_udp, recording_from_tun
 
 
-def _recording_from_tun(self, packet):
-    _records.append((self.config, "tun", bytes(packet), None))
-    return _from_tun(self, packet)
+def _lease(core) -> bytes | None:
+    lease = getattr(core, "lease", None)
+    return lease.prefix114 if lease else None
 
 
 def pytest_configure(config):
-    RouterCore.from_udp, RouterCore.from_tun = _recording_from_udp, _recording_from_tun
+    for core, (from_udp, from_tun) in _originals.items():
+        core.from_udp, core.from_tun = _recording(from_udp, from_tun)
 
 
 def pytest_sessionfinish(session, exitstatus):
-    RouterCore.from_udp, RouterCore.from_tun = _from_udp, _from_tun
+    for core, (from_udp, from_tun) in _originals.items():
+        core.from_udp, core.from_tun = from_udp, from_tun
     with open(os.environ["SIXBED4_RECORD_CORE"], "wb") as out:
         pickle.dump(_records, out)

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on-link: the upstream treats the /64 as on-link and the router answers ND for it "
                         "(proxy ND); routed: the upstream routes the /64 to the VM (default: %(default)s)")
     p.add_argument("--fast-path", choices=("auto", "on", "off"), default="auto",
-                   help="the router's kernel fast path (6bed4router --fast-path; default: %(default)s)")
+                   help="the kernel fast paths of the router and the peers (their --fast-path; default: %(default)s)")
     p.add_argument("--anycast", action="store_true",
                    help="instead: two router hosts behind one anycast address, announced by BIRD to an upstream "
                         "that spreads the traffic over them (ECMP), and a router killed while flows run")

@@ -130,16 +130,17 @@ def _collectors(name: str) -> list[tuple[str, CountersCollector]]:
     from .fastpath.loader import COUNTER_NAMES, FastPathCollector
 
     proxy = ProxyResponder.metrics_collector(SimpleNamespace(counters=Counters()))  # a responder's, without a socket
-    fast = FastPathCollector("sixbed4_router", SimpleNamespace(counters=lambda: dict.fromkeys(COUNTER_NAMES, 0)))
+    zero = SimpleNamespace(counters=lambda: dict.fromkeys(COUNTER_NAMES, 0))
+    with_fast = "With the kernel fast path attached (--fast-path), also (the counters above include its packets):"
     info = dict.fromkeys(("prefix", "address", "router", "fast_path"), "")
     served = "With --metrics HOST:PORT, Prometheus metrics over HTTP at /metrics:"
     if name == "6bed4router":
         return [(served, CountersCollector("sixbed4_router", Counters(), lambda: info, lambda: 0)),
-                ("With the kernel fast path attached (--fast-path), also (the counters above include its packets):",
-                 fast),
+                (with_fast, FastPathCollector("sixbed4_router", zero)),
                 ("With --proxy-nd, also those of the proxy ND responder:", proxy)]
     if name == "6bed4peer":
-        return [(served, CountersCollector("sixbed4_peer", Counters(), lambda: info))]
+        return [(served, CountersCollector("sixbed4_peer", Counters(), lambda: info)),
+                (with_fast, FastPathCollector("sixbed4_peer", zero))]
     return [(f"6bed4 proxy-nd: {served}", proxy)]
 
 
@@ -173,17 +174,16 @@ def sections(name: str, parser: argparse.ArgumentParser) -> list[tuple[str, list
         files = [(etc, f"the settings {UNITS[name]} gives {name} (--config); an example with every key"),
                  ("/dev/net/tun", "opened as root before the switch to --user, so its mode may be 0600"),
                  (unit, f"runs {name} as root with CAP_NET_ADMIN"
-                        + (", CAP_NET_RAW, CAP_BPF, CAP_PERFMON (the fast path)" if name == "6bed4router" else "")
+                        + (", CAP_NET_RAW" if name == "6bed4router" else "") + ", CAP_BPF, CAP_PERFMON (the fast path)"
                         + ", CAP_SETUID and CAP_SETGID only, then as _sixbed4 with CAP_NET_ADMIN alone; "
                           "Type=notify: ready " + ("when it serves" if name == "6bed4router"
                                                    else "once the router has given it an address")
                         + "; systemctl reload sends SIGHUP; WatchdogSec=: killed and started again when its "
                           "data path stalls (see ENVIRONMENT)"),
                  (SYSUSERS, "creates the user _sixbed4 at installation")]
-        if name == "6bed4router":
-            files.append(("/var/cache/sixbed4", "the kernel fast path's eBPF object, compiled by clang at the first "
-                                                "start (the unit's CacheDirectory=; else $XDG_CACHE_HOME/sixbed4 "
-                                                "or ~/.cache/sixbed4)"))
+        files.append(("/var/cache/sixbed4", "the kernel fast path's eBPF object, compiled by clang at the first "
+                                            "start (the unit's CacheDirectory=; else $XDG_CACHE_HOME/sixbed4 "
+                                            "or ~/.cache/sixbed4)"))
     see_also = [f".BR {other} (8)," for other in PROGRAMS if other != name]
     see_also += [".BR systemd.service (5),", ".BR systemd-analyze (1)",
                  ".PP", _escape(", ".join(UNITS.values()))]

@@ -62,7 +62,7 @@ def assert_passed(proc: subprocess.Popen, output: str) -> None:
     assert set(cells.values()) == {"pass"}
     assert re.search(r"iperf3 TCP, 3 s\): [\d.]+ Mbit/s", output)
     assert f"ALL PASSED ({len(EXPECTED_CELLS)}/{len(EXPECTED_CELLS)}" in output
-    gateway = re.search(r"gateway has (2001:db8:9:10:c433:6407:[0-9a-f]+:8001)\n", output).group(1)
+    gateway = re.search(r"gateway has (2001:db8:9:10:c433:6407:[0-9a-f]+:8001);", output).group(1)
     laptop = re.search(r"laptop has (2001:db8:9:10:c433:6407:[0-9a-f]+:[0-9a-f]+) \(lanid \d+ of the gateway's "
                        r"/114, by DHCPv6\)", output).group(1)
     assert laptop.rsplit(":", 2)[:2] == gateway.rsplit(":", 2)[:2] and laptop != gateway
@@ -79,7 +79,11 @@ def test_demo_passes_every_cell_and_cleans_up(upstream, fast_path):
     proc, output = run_demo("--upstream", upstream, "--fast-path", fast_path)
     print(f"demo --upstream {upstream} --fast-path {fast_path} took {time.monotonic() - started:.1f}s")
     assert_passed(proc, output)
-    assert ("fast path attached: tc ingress of eth0" if fast_path == "on" else "fast path off") in output
+    if fast_path == "on":  # the router's, and both peers' (the gateway's and the phone's)
+        assert "router: fast path attached: tc ingress of eth0 (peers -> router)" in output
+        assert output.count("; fast path attached: tc ingress of eth0 (router -> peer)") == 2, output
+    else:
+        assert "router: fast path off" in output and output.count("; fast path off") == 2
 
 
 def test_two_demos_at_once_both_pass():

@@ -50,9 +50,10 @@ class Home:
 
 
 @pytest.fixture(scope="module")
-def net():
+def net(fast_path):
+    """The router and the gateway with their kernel fast paths (--fast-path on), and without."""
     with Lab("lan") as lab:
-        topo = topology.build(lab, ("cl1",))
+        topo = topology.build(lab, ("cl1",), fast_path)
         topo.start_router()
         yield topo
 
@@ -73,6 +74,7 @@ def home(net):
             for name in HOSTS:
                 ns = hosts_lab.ns(name)
                 hosts_lab.link(gateway, f"p{name}", ns, "eth0")
+                hosts_lab.sh(ns, "ethtool -K eth0 tx off >/dev/null")  # checksums finished, as from a wire
                 net.lab.sh(gateway, f"ip link set p{name} master lan0")
                 hosts[name] = ns
             yield Home(hosts_lab, net, gateway, hosts, state / "state")
@@ -90,8 +92,8 @@ def home(net):
 
 def start_gateway(home: Home, mode: str, *extra: str, name: str = "gw") -> subprocess.Popen:
     proc = home.lab.python(home.gateway, "sixbed4.peer.cli", "-s", topology.ROUTER_V4, "-k", f"{KEEPALIVE},3",
-                           "--lan", "lan0", "--lan-mode", mode, "--state-dir", str(home.state_dir), *extra,
-                           name=name)
+                           "--lan", "lan0", "--lan-mode", mode, "--state-dir", str(home.state_dir),
+                           "--fast-path", home.net.fast_path, *extra, name=name)
     proc.name = name
     home.lab.wait_for(lambda: tunnel_address(home) or proc.poll() is not None, 10, "the gateway's address")
     assert proc.poll() is None, home.lab.log(name)
@@ -218,6 +220,26 @@ def test_routed_dhcpv6_hosts_get_lanids_and_reach_everything(home, tmp_path):
     assert home.net.lab.sh(home.gateway, "nft list tables").stdout.count("sixbed4") == 0
     assert calls(record)[0] == f"{proc.pid} add-range-offer {lanid_address(mine, 2)} {lanid_address(mine, 0x3FFF)}"
     assert "DHCPREPLY(lan0)" in home.lab.log(proc.name)  # dnsmasq's log lines are in the peer's
+    assert_fast_path_carried(home, proc)
+
+
+def test_nat66_traffic_takes_the_fast_path_too(home):
+    proc = start_gateway(home, "nat66")
+    wait_ula_address(home, "t1")
+    wait_default_router(home, "t1")
+    iperf_both_ways(home, "t1")
+    assert_fast_path_carried(home, proc)
+
+
+def assert_fast_path_carried(home: Home, proc: subprocess.Popen) -> None:
+    """With --fast-path on, the gateway's kernel programs carried the LAN's traffic both ways; else nothing did."""
+    assert Lab.stop(proc) == 0
+    log = home.lab.log(proc.name)
+    if home.net.fast_path == "off":
+        assert "fast path" not in log
+        return
+    took = dict(item.split("=") for item in re.search(r"fast path detached; the kernel took (.*)", log)[1].split())
+    assert int(took.get("to_tun", 0)) > 1000 and int(took.get("to_udp", 0)) > 1000, took
 
 
 def test_nat66_slaac_hosts_get_the_kept_ula_and_are_translated(home):

@@ -28,9 +28,10 @@ _SEND = re.compile(r"^(sendto|sendmsg)\(")
 @pytest.fixture(scope="module")
 def net():
     with Lab("lp") as lab:
-        topo = topology.build(lab, ("mob",))
+        topo = topology.build(lab, ("mob",))  # the Python paths: the kernel's fast paths would take the pings
         topo.start_router()
-        peer = lab.python(topo.clients["mob"].ns, "sixbed4.peer.cli", "-s", topology.ROUTER_V4, "-r", name="peer")
+        peer = lab.python(topo.clients["mob"].ns, "sixbed4.peer.cli", "-s", topology.ROUTER_V4, "-r",
+                          "--fast-path", "off", name="peer")
         ns = topo.clients["mob"].ns
         lab.wait_for(lambda: "inet6 2001:db8:9:10:" in lab.sh(ns, "ip -6 addr show dev 6bed4", check=False).stdout
                      or peer.poll() is not None, what="peer address")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import re
 import signal
 import socket
 import stat
@@ -35,7 +36,7 @@ def net(fast_path):
 def launch_peer(net, role: str, *extra: str, name: str) -> subprocess.Popen:
     """6bed4peer on a client of the topology `net`, with the tests' keepalive; proc.name is its log."""
     proc = net.lab.python(net.clients[role].ns, "sixbed4.peer.cli", "-s", topology.ROUTER_V4, "-k", KEEPALIVE,
-                          *extra, name=name)
+                          "--fast-path", net.fast_path, *extra, name=name)
     proc.name = name
     return proc
 
@@ -135,6 +136,17 @@ def test_peer_behind_nat_gets_its_public_mapping_and_traffic_flows(net, peers):
     finally:
         Lab.stop(server)
     assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    log = lab.log(proc.name)
+    if net.fast_path == "on":  # the peer's kernel programs carried the traffic, both ways
+        assert "fast path attached: tc ingress of eth0 (router -> peer) and tc egress of 6bed4 (peer -> router)" in log
+        took = dict(item.split("=") for item in re.search(r"fast path detached; the kernel took (.*)", log)[1].split())
+        # in: the TCP downloads and the acknowledgements of the uploads; out: the echo requests and replies
+        # (this host's own TCP leaves its checksum to the device: the Python path sends it)
+        assert int(took.get("to_tun", 0)) > 1000 and int(took.get("to_udp", 0)) >= 5, took
+    else:
+        assert "fast path" not in log
 
 
 def test_two_peers_behind_two_nats_reach_each_other(net, peers, tmp_path):

@@ -42,8 +42,8 @@ def test_unit_passes_systemd_analyze_verify_without_warnings(unit, tmp_path):
 def test_unit_is_hardened(unit):
     s = settings(unit)
     assert s["NoNewPrivileges"] == "yes" and s["ProtectSystem"] == "strict" and s["ProtectHome"] == "yes"
-    # the router's kernel fast path loads and attaches its programs with bpf(), which @system-service has not
-    extra = " bpf" if unit == "6bed4router.service" else ""
+    # the daemons' kernel fast paths load and attach their programs with bpf(), which @system-service has not
+    extra = " bpf" if unit in ("6bed4router.service", "6bed4peer.service") else ""
     assert s["SystemCallFilter"] == "@system-service" + extra and s["SystemCallArchitectures"] == "native"
     assert "ProtectKernelTunables" not in s  # the daemons write their device's sysctls
     caps = set(s["CapabilityBoundingSet"].split())
@@ -61,9 +61,10 @@ def test_unit_is_hardened(unit):
         assert s["TimeoutAbortSec"] == "5s"  # a hung anycast router does not wait 90 s for its SIGKILL
     # root only to open /dev/net/tun and bind; then --user: CAP_NET_ADMIN alone (io.service.drop_privileges)
     assert s["ExecStart"].endswith(" --user _sixbed4") and "User" not in s and "DynamicUser" not in s
-    # the router's proxy ND packet socket, and its kernel fast path (loaded before --user)
-    router = {"CAP_NET_RAW", "CAP_BPF", "CAP_PERFMON"} if unit == "6bed4router.service" else set()
-    assert caps == {"CAP_NET_ADMIN", "CAP_SETUID", "CAP_SETGID"} | router
+    # the kernel fast paths (loaded before --user), and the router's proxy ND packet socket
+    fast = {"CAP_BPF", "CAP_PERFMON"} if unit != "6bed4-host-setup.service" else set()
+    router = {"CAP_NET_RAW"} if unit == "6bed4router.service" else set()
+    assert caps == {"CAP_NET_ADMIN", "CAP_SETUID", "CAP_SETGID"} | fast | router
     assert s["DevicePolicy"] == "closed" and s["DeviceAllow"] == "/dev/net/tun rw"
 
 

@@ -23,7 +23,7 @@ def never_called():
 
 
 def test_off_loads_nothing():
-    assert control.start("off", CONFIG, ("192.0.2.1", 25790), "6bed4", "eth0", never_called) is None
+    assert control.start("off", never_called, logging.getLogger("6bed4router")) is None
 
 
 @pytest.mark.parametrize("bind, uplink, reason", [
@@ -31,10 +31,15 @@ def test_off_loads_nothing():
     (("192.0.2.1", 25790), None, "no interface has or routes 192.0.2.1: give --uplink"),
 ])
 def test_on_fails_and_auto_logs_why(bind, uplink, reason, caplog):
+    log = logging.getLogger("6bed4router")
+
+    def attach():
+        return control.router(CONFIG, bind, "6bed4", uplink, never_called)
+
     with pytest.raises(FastPathError, match=reason.replace("(", r"\(").replace(")", r"\)")):
-        control.start("on", CONFIG, bind, "6bed4", uplink, never_called)
+        control.start("on", attach, log)
     with caplog.at_level(logging.INFO, logger="6bed4router"):
-        assert control.start("auto", CONFIG, bind, "6bed4", uplink, never_called) is None
+        assert control.start("auto", attach, log) is None
     [record] = [r for r in caplog.records if "fast path" in r.message]
     assert record.message == f"fast path not used: {reason}; all packets take the Python path"
 
@@ -75,3 +80,97 @@ def test_the_kernels_counts_are_added_to_the_cores():
     assert core.udp_in == 3  # the core's own counters are left alone
     families = {f.name: f for f in CountersCollector("sixbed4_router", lambda: total).collect()}
     assert families["sixbed4_router_udp_in"].samples[0].value == 13
+
+
+class FakePeerFastPath:
+    """What PeerFollower tells the peer's programs, without a kernel."""
+
+    def __init__(self, movable=("eth0", "wlan0")):
+        self.lease, self.route, self.uplink, self.movable = None, None, "eth0", movable
+        self.attachment, self.broken = "attached", False
+
+    def set_lease(self, prefix114):
+        if self.broken:
+            raise OSError(12, "Cannot allocate memory")
+        self.lease = prefix114
+
+    def detach(self):
+        self.attachment = None
+
+    def set_route(self, local_ipv4, uplink_ifindex):
+        self.route = local_ipv4
+
+    def move_uplink(self, uplink):
+        if uplink not in self.movable:
+            raise FastPathError(f"uplink {uplink} is not an Ethernet device (ARPHRD 65534)")
+        self.uplink = uplink
+
+
+def test_the_peers_programs_follow_the_lease_and_the_route_to_the_router(monkeypatch, caplog):
+    from tests.unit.test_peer_core import PREFIX, configured, packed
+
+    monkeypatch.setattr(control, "_index", lambda name: 7)
+    routes = {"now": ("eth0", "10.0.1.2")}
+    fast, core = FakePeerFastPath(), configured()
+    follower = control.PeerFollower(fast, core, "0.0.0.0", logging.getLogger("6bed4peer"),
+                                    route_to=lambda ipv4: routes["now"])
+    ticks = []
+    tick = follower.following(ticks.append)
+    tick(1.0)
+    assert ticks == [1.0] and fast.lease == packed(PREFIX) and fast.route == addr.parse_ipv4("10.0.1.2")
+
+    routes["now"] = ("wlan0", "192.168.1.20")  # the laptop moved to its wireless
+    tick(1.5)
+    assert fast.uplink == "eth0"  # looked at once a second
+    tick(2.1)
+    assert fast.uplink == "wlan0" and fast.route == addr.parse_ipv4("192.168.1.20")
+
+    with caplog.at_level(logging.INFO, logger="6bed4peer"):
+        routes["now"] = None
+        tick(3.2)
+        tick(4.3)
+        assert fast.route is None
+        routes["now"] = ("wwan0", "100.64.0.9")  # not Ethernet: everything to Python
+        tick(5.4)
+        assert fast.route is None and fast.uplink == "wlan0"
+        routes["now"] = ("wlan0", "192.168.1.20")
+        tick(6.5)
+        assert fast.route == addr.parse_ipv4("192.168.1.20")
+    assert [r.message for r in caplog.records] == [
+        "fast path idle: no route to the router 192.0.2.1; all packets take the Python path",
+        "fast path idle: the route to the router leaves by wwan0: uplink wwan0 is not an Ethernet device "
+        "(ARPHRD 65534); all packets take the Python path",
+        "fast path: datagrams to the router leave by wlan0 from 192.168.1.20"]
+
+    core.lease = None  # (as after the router withdrew it)
+    tick(6.6)
+    assert fast.lease is None
+
+
+def test_a_peer_bound_to_an_address_sends_from_it(monkeypatch):
+    from tests.unit.test_peer_core import configured
+
+    monkeypatch.setattr(control, "_index", lambda name: 7)
+    fast = FakePeerFastPath()
+    follower = control.PeerFollower(fast, configured(), "10.0.1.99", logging.getLogger("6bed4peer"),
+                                    route_to=lambda ipv4: ("eth0", "10.0.1.2"))
+    follower.check_route()
+    assert fast.route == addr.parse_ipv4("10.0.1.99")
+
+
+def test_a_peer_whose_programs_cannot_be_updated_takes_them_away(monkeypatch, caplog):
+    from tests.unit.test_peer_core import configured
+
+    monkeypatch.setattr(control, "_index", lambda name: 7)
+    fast = FakePeerFastPath()
+    tick = control.PeerFollower(fast, configured(), "0.0.0.0", logging.getLogger("6bed4peer"),
+                                route_to=lambda ipv4: ("eth0", "10.0.1.2")).following(lambda now: None)
+    tick(1.0)
+    fast.broken = True
+    with caplog.at_level(logging.INFO, logger="6bed4peer"):
+        tick(2.0)
+        tick(3.0)  # detached: not tried again
+    assert fast.attachment is None
+    assert [r.message for r in caplog.records] == [
+        "fast path detached: cannot update its configuration (Cannot allocate memory); all packets take the "
+        "Python path"]

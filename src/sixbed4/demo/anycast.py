@@ -184,8 +184,14 @@ def build(lab: Lab) -> AnycastLab:
 
 
 def start_ping(lab: Lab, ns: str, address: str, seconds: float, name: str, interval: float = 0.05):
-    """ping every `interval` s for `seconds`, each reply timestamped (read it with ping_gaps)."""
-    return lab.start(ns, ["ping", "-6", "-n", "-D", "-i", str(interval), "-w", str(round(seconds)), "-W", "1", address],
+    """ping every `interval` s for `seconds`, each reply timestamped (read it with ping_run).
+
+    A count, not a deadline (-w): with a deadline ping ends at the first ICMPv6
+    error, and a failover may return one (a router host whose router just died
+    has no route for a request that was on its way), which would end the flow.
+    """
+    count = max(1, round(seconds / interval))
+    return lab.start(ns, ["ping", "-6", "-n", "-D", "-i", str(interval), "-c", str(count), "-W", "1", address],
                      name)
 
 

@@ -164,6 +164,12 @@ def run_lab(argv_prog: str, tag: str, tools: tuple[str, ...], keep: bool, body) 
             progress.step("cleaned up: namespaces and processes removed")
 
 
+def _fast_path(lab: Lab, daemon: str) -> str:
+    """What the daemon's log says of its kernel fast path."""
+    lines = [line.split(" INFO ", 1)[-1] for line in lab.log(daemon).splitlines() if "fast path " in line]
+    return lines[0] if lines else "fast path off"
+
+
 def _run(lab: Lab, progress: Progress, routed: bool, python: str, keep: bool, fast_path: str) -> int:
     progress.step("building the lab: upstream router + Internet, VM with eth0 "
                   f"{scenario.VM_MAC}, home NAT with a gateway and a LAN (laptop, tablet) behind it, a phone")
@@ -192,15 +198,15 @@ def _run(lab: Lab, progress: Progress, routed: bool, python: str, keep: bool, fa
                          or router.poll() is not None, 10) or router.poll() is not None:
         progress.step("router failed:\n" + _indent(lab.log("router")))
         return 1
-    fast = [line.split(" INFO ", 1)[-1] for line in lab.log("router").splitlines() if "fast path " in line]
-    progress.step(fast[0] if fast else "fast path off")
+    progress.step(f"router: {_fast_path(lab, 'router')}")
 
     peers = {"gateway": ns["gateway"], "phone": ns["phone"]}
     state = lab.logdir / "gateway-state"  # the LAN's ULA; dnsmasq (its own user) keeps its leases here too
     lab.logdir.chmod(0o755)
     extra = {"gateway": ["--lan", "lan0", "--state-dir", str(state)], "phone": ["-r"]}
     for role, peer_ns in peers.items():
-        lab.start(peer_ns, [python, "-m", "sixbed4.peer.cli", "-s", scenario.VM_V4, *extra[role]], f"peer-{role}")
+        lab.start(peer_ns, [python, "-m", "sixbed4.peer.cli", "-s", scenario.VM_V4, "--fast-path", fast_path,
+                            *extra[role]], f"peer-{role}")
     addresses = {}
     for role, peer_ns in peers.items():
         address = progress.wait(f"6bed4peer on the {role} asks for an address",
@@ -209,7 +215,7 @@ def _run(lab: Lab, progress: Progress, routed: bool, python: str, keep: bool, fa
             progress.step(f"{role} got no address:\n" + _indent(lab.log(f"peer-{role}")))
             return 1
         addresses[role] = address
-        progress.step(f"{role} has {address}")
+        progress.step(f"{role} has {address}; {_fast_path(lab, f'peer-{role}')}")
     gateway = addresses["gateway"]
     progress.step("the gateway advertises itself on its LAN: its /114 (by DHCPv6, dnsmasq) "
                   "and a ULA /64 (SLAAC, translated to its own address by nftables)")

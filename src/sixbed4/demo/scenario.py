@@ -98,6 +98,7 @@ def build(lab: Lab, upstream_routes_prefix: bool) -> Scenario:
     for role, device in zip(LAN_DEVICES, devices):
         lab.veth(gateway, f"lan-{role}", device, "eth0")
         lab.enslave(gateway, f"lan-{role}", "lan0")
+        lab.run(device, ["ethtool", "-K", "eth0", "tx", "off"])  # checksums finished, as over a wire
 
     # a phone with its own public IPv4 address
     lab.veth(up, "mob0", phone, "eth0")

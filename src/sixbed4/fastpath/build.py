@@ -1,7 +1,7 @@
 """Compile the fast path's restricted C with clang, once per source and compiler.
 
-The object is cached under a name made of the hash of the source and of
-clang's version, in the first usable of: $CACHE_DIRECTORY (systemd's
+The object is cached under a name made of the hash of the source (with the
+headers beside it) and of clang's version, in the first usable of: $CACHE_DIRECTORY (systemd's
 CacheDirectory=), $XDG_CACHE_HOME/sixbed4, /var/cache/sixbed4 (root),
 ~/.cache/sixbed4.  Whatever is in the cache gets loaded into the kernel, so a
 cache directory or object that someone else could have written is not used
@@ -20,7 +20,8 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("sixbed4.bpf.c")
+ROUTER = Path(__file__).with_name("router.bpf.c")
+PEER = Path(__file__).with_name("peer.bpf.c")
 
 
 class BuildError(RuntimeError):
@@ -85,10 +86,16 @@ def compile_object(source: Path, output: Path, compiler: str) -> None:
         raise BuildError(f"compiling {source.name} failed{hint}: {last}")
 
 
-def build(source: Path = SOURCE) -> bytes:
+def _text(source: Path) -> bytes:
+    """The source and the headers beside it that it may include."""
+    headers = sorted(source.parent.glob("*.bpf.h"))
+    return b"".join(path.read_bytes() for path in [source, *headers])
+
+
+def build(source: Path) -> bytes:
     """The compiled object for `source` (an ELF file's bytes), built now if the cache has none."""
     compiler = clang()
-    digest = hashlib.sha256(source.read_bytes() + _compiler_version(compiler).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(_text(source) + _compiler_version(compiler).encode()).hexdigest()[:16]
     name = f"{source.name.removesuffix('.c')}-{digest}.o"
     for directory in cache_dirs():
         cached = directory / name

@@ -1,4 +1,4 @@
-"""`--fast-path {auto,on,off}`: start the fast path for the router daemon, or say why not."""
+"""`--fast-path {auto,on,off}`: start a daemon's fast path, or say why not; keep the peer's current."""
 
 from __future__ import annotations
 
@@ -7,29 +7,26 @@ import socket
 from typing import Callable, Iterable
 
 from ..core import addr
+from ..core.peer import PeerCore
 from ..core.router import RouterConfig
 from ..io import netlink
-from .loader import FastPath, FastPathError
+from .loader import FastPath, FastPathError, PeerFastPath, RouterFastPath
 
-__all__ = ["MODES", "FastPathError", "start"]
-
-log = logging.getLogger("6bed4router")
+__all__ = ["MODES", "FastPathError", "start", "close_on_exit", "router", "peer", "PeerFollower"]
 
 MODES = ("auto", "on", "off")
+ROUTE_CHECK = 1.0  # seconds between the peer's looks at the route to its router
 
 
-def start(mode: str, config: RouterConfig, bind: tuple[str, int], tun: str, uplink: str | None,
-          host_ipv4s: Callable[[], Iterable[bytes]]) -> FastPath | None:
-    """The attached fast path, or None (mode off, or auto and it cannot be used: logged).
+def start(mode: str, attach: Callable[[], FastPath], log: logging.Logger) -> FastPath | None:
+    """The fast path `attach()` loads and attaches, or None (mode off, or auto and it cannot be used: logged).
 
-    `host_ipv4s()` gives the host's IPv4 addresses, which the programs know
-    before they are attached (the daemon keeps them current afterwards).
     Raises FastPathError when mode is "on" and it cannot be used.
     """
     if mode == "off":
         return None
     try:
-        fast = _attach(config, bind, tun, uplink, host_ipv4s)
+        fast = attach()
     except FastPathError as exc:
         if mode == "on":
             raise
@@ -39,18 +36,17 @@ def start(mode: str, config: RouterConfig, bind: tuple[str, int], tun: str, upli
     return fast
 
 
-def _attach(config: RouterConfig, bind: tuple[str, int], tun: str, uplink: str | None,
-            host_ipv4s: Callable[[], Iterable[bytes]]) -> FastPath:
-    bind_ipv4 = addr.parse_ipv4(bind[0])
-    if bind_ipv4[0] == 127:
-        raise FastPathError(f"the socket is bound to {bind[0]} (-x): datagrams come through firewall rules")
-    if uplink is None:
-        raise FastPathError(f"no interface has or routes {addr.format_ipv4(config.ipv4)}: give --uplink")
-    source = bind_ipv4 if any(bind_ipv4) else _uplink_ipv4(uplink)
-    fast = FastPath.load()
+def close_on_exit(cleanup, fast: FastPath, log: logging.Logger) -> None:
+    """On exit (an ExitStack): detach, and log what the kernel took."""
+    cleanup.callback(fast.close)
+    cleanup.callback(lambda: log.info("fast path detached; the kernel took %s",
+                                      " ".join(f"{k}={v}" for k, v in fast.counters().items() if v) or "nothing"))
+
+
+def _attached(fast: FastPath, configure: Callable[[], None], uplink: str, tun: str) -> FastPath:
+    """`fast` configured and attached; closed again if either fails."""
     try:
-        fast.configure(config, bind_ipv4, source, _index(tun), _index(uplink))
-        fast.set_host_ipv4s(host_ipv4s())
+        configure()
         fast.attach(uplink, tun)
     except OSError as exc:
         fast.close()
@@ -61,12 +57,111 @@ def _attach(config: RouterConfig, bind: tuple[str, int], tun: str, uplink: str |
     return fast
 
 
+# --- the router ---------------------------------------------------------------------
+
+
+def router(config: RouterConfig, bind: tuple[str, int], tun: str, uplink: str | None,
+           host_ipv4s: Callable[[], Iterable[bytes]]) -> RouterFastPath:
+    """The router's fast path, attached.
+
+    `host_ipv4s()` gives the host's IPv4 addresses, which the programs know
+    before they are attached (the daemon keeps them current afterwards).
+    """
+    bind_ipv4 = addr.parse_ipv4(bind[0])
+    if bind_ipv4[0] == 127:
+        raise FastPathError(f"the socket is bound to {bind[0]} (-x): datagrams come through firewall rules")
+    if uplink is None:
+        raise FastPathError(f"no interface has or routes {addr.format_ipv4(config.ipv4)}: give --uplink")
+    source = bind_ipv4 if any(bind_ipv4) else _uplink_ipv4(uplink)
+    fast = RouterFastPath.load()
+
+    def configure() -> None:
+        fast.configure(config, bind_ipv4, source, _index(tun), _index(uplink))
+        fast.set_host_ipv4s(host_ipv4s())
+
+    return _attached(fast, configure, uplink, tun)
+
+
 def _uplink_ipv4(uplink: str) -> bytes:
     """The socket bound to 0.0.0.0 sends from the uplink's address (the first one, as the kernel picks)."""
     addresses = netlink.ipv4_addresses(uplink)
     if not addresses:
         raise FastPathError(f"uplink {uplink} has no IPv4 address to send from")
     return addresses[0]
+
+
+# --- the peer -----------------------------------------------------------------------
+
+
+def peer(router_endpoint: tuple[str, int], local: tuple[str, int], tun: str) -> PeerFastPath:
+    """The peer's fast path, attached to the uplink of the route to the router (it follows: PeerFollower)."""
+    route = netlink.route_to(router_endpoint[0])
+    if route is None:
+        raise FastPathError(f"no route to the router {router_endpoint[0]} (yet)")
+    fast = PeerFastPath.load()
+
+    def configure() -> None:
+        fast.configure((addr.parse_ipv4(router_endpoint[0]), router_endpoint[1]), local[1], _index(tun))
+
+    return _attached(fast, configure, route[0], tun)
+
+
+class PeerFollower:
+    """Keeps the peer's programs current: the lease the core holds, the route to the router.
+
+    Wraps the daemon's timer tick.  The route is looked at every ROUTE_CHECK
+    seconds: when it moves to another interface the uplink's program moves
+    with it (or, where it cannot, the programs hand everything to Python until
+    the route is back); the socket's source address follows the route unless
+    it is bound to one (-l).
+    """
+
+    def __init__(self, fast: PeerFastPath, core: PeerCore, bound_ipv4: str, log: logging.Logger,
+                 route_to: Callable[[str], tuple[str, str] | None] = netlink.route_to):
+        self.fast, self.core, self.log, self.route_to = fast, core, log, route_to
+        self.bound = None if bound_ipv4 == "0.0.0.0" else bound_ipv4
+        self.router_ipv4 = core.config.router_ipv4
+        self._next_check = 0.0
+        self._problem: str | None = None
+
+    def following(self, on_tick):
+        def tick(now: float) -> None:
+            on_tick(now)  # the core's timers first: a lease it takes now goes to the kernel at once
+            if self.fast.attachment is None:
+                return
+            lease = self.core.lease
+            try:
+                self.fast.set_lease(lease.prefix114 if lease else None)
+                if now >= self._next_check:
+                    self._next_check = now + ROUTE_CHECK
+                    self.check_route()
+            except OSError as exc:  # the programs would go on with what they knew: take them away
+                self.fast.detach()
+                self.log.error("fast path detached: cannot update its configuration (%s); all packets take the "
+                               "Python path", exc.strerror or exc)
+
+        return tick
+
+    def check_route(self) -> None:
+        route = self.route_to(self.router_ipv4)
+        problem = None
+        if route is None:
+            problem = f"no route to the router {self.router_ipv4}"
+            self.fast.set_route(None, 0)
+        else:
+            uplink, source = route
+            try:
+                self.fast.move_uplink(uplink)
+                self.fast.set_route(addr.parse_ipv4(self.bound or source), _index(uplink))
+            except FastPathError as exc:
+                problem = f"the route to the router leaves by {uplink}: {exc}"
+                self.fast.set_route(None, 0)
+        if problem != self._problem:
+            if problem:
+                self.log.warning("fast path idle: %s; all packets take the Python path", problem)
+            else:
+                self.log.info("fast path: datagrams to the router leave by %s from %s", uplink, self.bound or source)
+            self._problem = problem
 
 
 def _index(name: str) -> int:

@@ -318,6 +318,19 @@ def uplink_for(ipv4: str) -> tuple[int, str] | None:
         return index, ipr.get_links(index)[0].get_attr("IFLA_IFNAME")
 
 
+def route_to(ipv4: str) -> tuple[str, str] | None:
+    """(interface, source address) by which the kernel sends a datagram to `ipv4` now; None without a route."""
+    with IPRoute() as ipr:
+        try:
+            route = ipr.route("get", dst=ipv4)[0]
+        except NetlinkError:
+            return None
+        index, source = route.get_attr("RTA_OIF"), route.get_attr("RTA_PREFSRC")
+        if index is None or source is None:
+            return None
+        return ipr.get_links(index)[0].get_attr("IFLA_IFNAME"), source
+
+
 def ipv4_addresses(ifname: str) -> list[bytes]:
     """The IPv4 addresses of one interface, packed, primary first."""
     with IPRoute() as ipr:

@@ -8,6 +8,7 @@ import sys
 from .. import cliutil, config
 from ..core import addr, lan
 from ..core.peer import DEFAULT_KEEPALIVE, DEFAULT_KEEPALIVE_TTL, PeerConfig
+from ..fastpath import control as fastpath
 from ..io.metrics import parse_listen
 from .daemon import PeerSettings, run_peer
 from .lan import DEFAULT_STATE_DIR, LanSettings
@@ -84,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accepted for compatibility: always in the foreground")
     p.add_argument("-e", "--log-stderr", action=argparse.BooleanOptionalAction, default=True,
                    help="accepted for compatibility: always logs to stderr")
+    p.add_argument("--fast-path", choices=fastpath.MODES, default="auto",
+                   help="carry the tunnel's packets in the kernel (eBPF on the uplink and the TUN device) once the "
+                        "router gave an address: auto uses it where it can be loaded and says why not otherwise, "
+                        "on fails if it cannot (default: auto)")
     gateway = p.add_argument_group("home gateway")
     gateway.add_argument("--lan", metavar="IF",
                          help="be the IPv6 gateway of the LAN on interface IF (implies -r): Router Advertisements, "
@@ -135,6 +140,7 @@ def settings_from_args(args: argparse.Namespace) -> PeerSettings:
         metrics=args.metrics,
         user=args.user,
         lan=gateway,
+        fast_path=args.fast_path,
     )
 
 

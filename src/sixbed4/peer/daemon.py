@@ -23,6 +23,7 @@ from .. import cliutil
 from ..config import Reload
 from ..core import addr
 from ..core.peer import Configure, Datagram, Lease, Notice, PeerConfig, PeerCore, Unconfigure
+from ..fastpath import control as fastpath
 from ..io import netlink, service
 from ..io.datapath import Datapath, DatapathError
 from ..io.metrics import CountersCollector, MetricsError
@@ -41,9 +42,10 @@ HOOK_TIMEOUT = 10.0
 
 # What each signal does (the man page's SIGNALS section is made from this table).
 SIGNALS = {
-    signal.SIGTERM: ("stop", "stop cleanly: tell the hook del-offers, remove the address and routes and the TUN "
-                             "device the peer created (with --lan: a last RA with router lifetime 0 on the LAN, "
-                             "dnsmasq stopped, the LAN's addresses, routes and nftables table removed), exit 0"),
+    signal.SIGTERM: ("stop", "stop cleanly: detach the fast path, tell the hook del-offers, remove the address and "
+                             "routes and the TUN device the peer created (with --lan: a last RA with router "
+                             "lifetime 0 on the LAN, dnsmasq stopped, the LAN's addresses, routes and nftables table "
+                             "removed), exit 0"),
     signal.SIGINT: ("stop", "the same as SIGTERM"),
     signal.SIGHUP: ("reload", "read the --config file again; a new log-level and a new exthook take effect at once "
                               "(the old hook is told del-offers, the new one gets the offers), without dropping a "
@@ -51,8 +53,9 @@ SIGNALS = {
     signal.SIGABRT: (None, "what systemd's watchdog sends once the peer stopped saying WATCHDOG=1, its data path "
                            "stalled (see ENVIRONMENT): every thread's Python traceback goes to stderr, then the "
                            "process ends as by SIGKILL"),
-    signal.SIGKILL: (None, "the kernel removes the TUN device the peer created, with its address and routes; the "
-                           "hook is not told, so offers it made stay until the next start's del-offers"),
+    signal.SIGKILL: (None, "the kernel removes the TUN device the peer created, with its address and routes, and the "
+                           "fast path's tcx links; the hook is not told, so offers it made stay until the next "
+                           "start's del-offers"),
 }
 LIVE_SETTINGS = frozenset({"hook"})  # what a reload changes in a running peer
 
@@ -67,6 +70,7 @@ class PeerSettings:
     metrics: tuple[str, int] | None = None
     user: str | None = None
     lan: LanSettings | None = None  # --lan: the gateway of a LAN
+    fast_path: str = "auto"  # the kernel fast path: auto, on, off
 
 
 def configure_tun(setup: netlink.InterfaceSetup) -> None:
@@ -300,12 +304,7 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer", reload: Reload | N
             return cliutil.fail(prog, f"{exc.filename}: permission denied (run as root or with CAP_NET_ADMIN)")
 
         core = PeerCore(config)
-
-        def info() -> dict[str, str]:
-            lease = core.lease
-            return {"router": "%s:%d" % config.router, "address": addr.format_address(lease.address) if lease else ""}
-
-        collectors = [CountersCollector("sixbed4_peer", core.counters, info)]
+        local = sock.getsockname()
         gateway = None
         if settings.lan:
             try:
@@ -314,6 +313,25 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer", reload: Reload | N
                 return cliutil.fail(prog, str(exc))
             watch.add(gateway.lan_setup.index, f"the LAN interface {settings.lan.interface}",
                       "the LAN is cut off until it is up again", gateway.restore)
+        try:
+            fast = fastpath.start(settings.fast_path, lambda: fastpath.peer(config.router, local, tun.name), log)
+        except fastpath.FastPathError as exc:
+            return cliutil.fail(prog, f"--fast-path on: {exc}")
+        if fast is not None:
+            fastpath.close_on_exit(cleanup, fast, log)
+
+        def counters():
+            return core.counters.plus(fast.counters()) if fast else core.counters
+
+        def info() -> dict[str, str]:
+            lease = core.lease
+            return {"router": "%s:%d" % config.router, "address": addr.format_address(lease.address) if lease else "",
+                    "fast_path": str(fast.attachment) if fast else "off"}
+
+        collectors = [CountersCollector("sixbed4_peer", counters, info)]
+        if fast is not None:
+            collectors.append(fast.metrics_collector("sixbed4_peer"))
+        if gateway is not None:
             collectors.append(CountersCollector("sixbed4_peer_lan", gateway.advertiser.counters,
                                                 events=("rs_received", "ra_sent"),
                                                 reasons=("nd_bad_hoplimit", "nd_malformed", "send_error")))
@@ -328,7 +346,6 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer", reload: Reload | N
         cleanup.callback(hook.withdraw)  # del-offers first; then undo() removes addresses and routes
         datapath = Datapath(sock, tun, core)
         cleanup.callback(datapath.close)
-        local = sock.getsockname()
         log.info("soliciting router %s:%d from UDP %s:%d via %s", *config.router, *local, tun.name)
         if watch.uplink is None:
             log.warning("no route to the router %s yet: not watching an uplink", config.router_ipv4)
@@ -339,6 +356,9 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer", reload: Reload | N
         cleanup.enter_context(service.feeding_watchdog(datapath))
         on_tick = service.reloading(reload, settings, ticker, LIVE_SETTINGS,
                                     apply=lambda running: ticker.change_hook(running.hook), ready=lambda: ticker.ready)
+        if fast is not None:  # the programs follow the lease, the route to the router and the TUN device's state
+            follower = fastpath.PeerFollower(fast, core, settings.bind[0], log)
+            on_tick = fast.following_tun(follower.following(on_tick), lambda: setup.index not in watch.down)
         try:
             ticker(datapath.clock())  # the first RS now, not a tick later
             datapath.run(on_tick=watch.guarding(on_tick), tick=TICK)
@@ -348,6 +368,6 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer", reload: Reload | N
         finally:
             events = {"rs_sent": core.rs_sent, "ra_received": core.ra_received,
                       "keepalives_sent": core.keepalives_sent, "readdressed": core.readdressed}
-            events.update((k, v) for k, v in core.counters.snapshot().items() if v)
+            events.update((k, v) for k, v in counters().snapshot().items() if v)
             log.info("counters: %s", " ".join(f"{k}={v}" for k, v in events.items()))
         return 0

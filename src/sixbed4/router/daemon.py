@@ -167,13 +167,12 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Relo
 
         core = RouterCore(config)
         try:
-            fast = fastpath.start(settings.fast_path, config, settings.bind, tun.name,
-                                  settings.uplink or watch.uplink, host_ipv4s)
+            fast = fastpath.start(settings.fast_path, lambda: fastpath.router(
+                config, settings.bind, tun.name, settings.uplink or watch.uplink, host_ipv4s), log)
         except fastpath.FastPathError as exc:
             return cliutil.fail(prog, f"--fast-path on: {exc}")
         if fast is not None:
-            cleanup.callback(fast.close)
-            cleanup.callback(lambda: log.info("fast path detached; the kernel took %s", _nonzero(fast.counters())))
+            fastpath.close_on_exit(cleanup, fast, log)
             collectors.append(fast.metrics_collector("sixbed4_router"))
 
         def on_host_ipv4s(addresses) -> None:
