@@ -110,6 +110,11 @@ def healthy(net):
     restore()
 
 
+def flows_end(started: float, seconds: float = FLOW_SECONDS) -> float:
+    """When the flows' last requests left: a silence after that is not theirs (the test may have waited since)."""
+    return started + seconds - PING_INTERVAL
+
+
 def flows(net: Net, seconds: float = FLOW_SECONDS) -> dict[str, subprocess.Popen]:
     """A ping every 50 ms both ways between each peer and the Internet host."""
     plan = {"home-out": ("home", anycast.INET6), "home-in": ("inet", net.addresses["home"]),
@@ -244,12 +249,10 @@ def test_failover_gap_and_return(healthy, how):
     never_announced_unready(net, victim, until=net.al.all_announced)
     back_after = time.time() - failed_at
     returned = carrier(net, 0.8)  # which router carries the most now (the flows hash as before)
-    for proc in pings.values():
+    for proc in [*pings.values(), client]:
         proc.wait(FLOW_SECONDS + 10)
-    ended = time.time()  # the flows' end: iperf3 may take longer to finish (a retransmission at its end)
-    client.wait(FLOW_SECONDS + 10)
 
-    runs = {name: anycast.ping_run(net.lab.log(name), started, ended) for name in pings}
+    runs = {name: anycast.ping_run(net.lab.log(name), started, flows_end(started)) for name in pings}
     gaps = {name: run.longest_silence - PING_INTERVAL for name, run in runs.items()}
     report = json.loads(net.lab.log("iperf3-client"))
     stall = _longest_stall(report)
@@ -310,7 +313,7 @@ def test_a_hung_router_is_withdrawn_when_systemds_watchdog_kills_it(healthy, tmp
         assert net.al.routers[victim].wait(5) == -signal.SIGABRT
         for proc in pings.values():
             proc.wait(seconds + 10)
-        runs = {name: anycast.ping_run(net.lab.log(name), started, time.time()) for name in pings}
+        runs = {name: anycast.ping_run(net.lab.log(name), started, flows_end(started, seconds)) for name in pings}
         gaps = {name: run.longest_silence - PING_INTERVAL for name, run in runs.items()}
         print(f"\nhung (SIGSTOP): {victim} killed by the watchdog (WatchdogSec {interval:g} s) after "
               f"{killed_after:.2f} s, withdrawn after {withdrawn_after:.2f} s; gaps "
