@@ -109,7 +109,7 @@ class FakePeerFastPath:
 def test_the_peers_programs_follow_the_lease_and_the_route_to_the_router(monkeypatch, caplog):
     from tests.unit.test_peer_core import PREFIX, configured, packed
 
-    monkeypatch.setattr(control, "_index", lambda name: 7)
+    monkeypatch.setattr(control, "ifindex", lambda name: 7)
     routes = {"now": ("eth0", "10.0.1.2")}
     fast, core = FakePeerFastPath(), configured()
     follower = control.PeerFollower(fast, core, "0.0.0.0", logging.getLogger("6bed4peer"),
@@ -150,7 +150,7 @@ def test_the_peers_programs_follow_the_lease_and_the_route_to_the_router(monkeyp
 def test_a_peer_bound_to_an_address_sends_from_it(monkeypatch):
     from tests.unit.test_peer_core import configured
 
-    monkeypatch.setattr(control, "_index", lambda name: 7)
+    monkeypatch.setattr(control, "ifindex", lambda name: 7)
     fast = FakePeerFastPath()
     follower = control.PeerFollower(fast, configured(), "10.0.1.99", logging.getLogger("6bed4peer"),
                                     route_to=lambda ipv4: ("eth0", "10.0.1.2"))
@@ -161,7 +161,7 @@ def test_a_peer_bound_to_an_address_sends_from_it(monkeypatch):
 def test_a_peer_whose_programs_cannot_be_updated_takes_them_away(monkeypatch, caplog):
     from tests.unit.test_peer_core import configured
 
-    monkeypatch.setattr(control, "_index", lambda name: 7)
+    monkeypatch.setattr(control, "ifindex", lambda name: 7)
     fast = FakePeerFastPath()
     tick = control.PeerFollower(fast, configured(), "0.0.0.0", logging.getLogger("6bed4peer"),
                                 route_to=lambda ipv4: ("eth0", "10.0.1.2")).following(lambda now: None)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import socket
 from typing import Callable, Iterable
 
 from ..core import addr
 from ..core.peer import PeerCore
 from ..core.router import RouterConfig
 from ..io import netlink
-from .loader import FastPath, FastPathError, PeerFastPath, RouterFastPath
+from .loader import FastPath, FastPathError, PeerFastPath, RouterFastPath, ifindex
 
 __all__ = ["MODES", "FastPathError", "start", "close_on_exit", "router", "peer", "PeerFollower"]
 
@@ -76,7 +75,7 @@ def router(config: RouterConfig, bind: tuple[str, int], tun: str, uplink: str | 
     fast = RouterFastPath.load()
 
     def configure() -> None:
-        fast.configure(config, bind_ipv4, source, _index(tun), _index(uplink))
+        fast.configure(config, bind_ipv4, source, ifindex(tun), ifindex(uplink))
         fast.set_host_ipv4s(host_ipv4s())
 
     return _attached(fast, configure, uplink, tun)
@@ -101,7 +100,7 @@ def peer(router_endpoint: tuple[str, int], local: tuple[str, int], tun: str) -> 
     fast = PeerFastPath.load()
 
     def configure() -> None:
-        fast.configure((addr.parse_ipv4(router_endpoint[0]), router_endpoint[1]), local[1], _index(tun))
+        fast.configure((addr.parse_ipv4(router_endpoint[0]), router_endpoint[1]), local[1], ifindex(tun))
 
     return _attached(fast, configure, route[0], tun)
 
@@ -152,7 +151,7 @@ class PeerFollower:
             uplink, source = route
             try:
                 self.fast.move_uplink(uplink)
-                self.fast.set_route(addr.parse_ipv4(self.bound or source), _index(uplink))
+                self.fast.set_route(addr.parse_ipv4(self.bound or source), ifindex(uplink))
             except FastPathError as exc:
                 problem = f"the route to the router leaves by {uplink}: {exc}"
                 self.fast.set_route(None, 0)
@@ -162,10 +161,3 @@ class PeerFollower:
             else:
                 self.log.info("fast path: datagrams to the router leave by %s from %s", uplink, self.bound or source)
             self._problem = problem
-
-
-def _index(name: str) -> int:
-    try:
-        return socket.if_nametoindex(name)
-    except OSError:
-        raise FastPathError(f"no device {name}") from None

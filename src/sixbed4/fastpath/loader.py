@@ -147,19 +147,20 @@ class FastPath:
 
     def attach(self, uplink: str, tun: str) -> Attachment:
         """Hook the programs to the devices (by name); FastPathError says what failed."""
-        kind = _device_type(uplink)
-        if kind != 1:
-            raise FastPathError(f"uplink {uplink} is not an Ethernet device (ARPHRD {kind})")
+        _require_ethernet(uplink)
         try:
             for prog, device, hook in ((self.uplink_in, uplink, libbpf.BPF_TCX_INGRESS),
                                        (self.tun_out, tun, libbpf.BPF_TCX_EGRESS)):
-                index = _ifindex(device)
+                index = ifindex(device)
                 self._links.append(libbpf.attach_tcx(prog, index, hook, f"attaching to {device}"))
         except (libbpf.BpfError, OSError) as exc:
             self.detach()
             if exc.errno == errno.EINVAL:
                 raise FastPathError(f"{exc} (the kernel has no tcx hooks?)") from None
             raise FastPathError(str(exc)) from None
+        return self._attached_to(uplink, tun)
+
+    def _attached_to(self, uplink: str, tun: str) -> Attachment:
         self.attachment = Attachment(uplink, tun, tuple(libbpf.link_id(fd) for fd in self._links),
                                      self.INBOUND, self.OUTBOUND)
         return self.attachment
@@ -168,18 +169,14 @@ class FastPath:
         """Take datagrams from another uplink (the route to the router moved there); FastPathError if it cannot."""
         if self.attachment is None or uplink == self.attachment.uplink:
             return self.attachment
-        kind = _device_type(uplink)
-        if kind != 1:
-            raise FastPathError(f"uplink {uplink} is not an Ethernet device (ARPHRD {kind})")
+        _require_ethernet(uplink)
         try:
-            link = libbpf.attach_tcx(self.uplink_in, _ifindex(uplink), libbpf.BPF_TCX_INGRESS, f"attaching to {uplink}")
+            link = libbpf.attach_tcx(self.uplink_in, ifindex(uplink), libbpf.BPF_TCX_INGRESS, f"attaching to {uplink}")
         except (libbpf.BpfError, OSError) as exc:
             raise FastPathError(str(exc)) from None
         os.close(self._links[0])
         self._links[0] = link
-        self.attachment = Attachment(uplink, self.attachment.tun, tuple(libbpf.link_id(fd) for fd in self._links),
-                                     self.INBOUND, self.OUTBOUND)
-        return self.attachment
+        return self._attached_to(uplink, self.attachment.tun)
 
     def detach(self) -> None:
         while self._links:
@@ -273,14 +270,17 @@ class PeerFastPath(FastPath):
         self._update_config(local=local_ipv4 or bytes(4), uplink_ifindex=uplink_ifindex if local_ipv4 else 0)
 
 
-def _device_type(name: str) -> int:
+def _require_ethernet(uplink: str) -> None:
+    """The programs read Ethernet frames on the uplink (ARPHRD_ETHER); FastPathError otherwise."""
     try:
-        return int(Path(f"/sys/class/net/{name}/type").read_text())
+        kind = int(Path(f"/sys/class/net/{uplink}/type").read_text())
     except (OSError, ValueError):
-        raise FastPathError(f"no device {name}") from None
+        raise FastPathError(f"no device {uplink}") from None
+    if kind != 1:
+        raise FastPathError(f"uplink {uplink} is not an Ethernet device (ARPHRD {kind})")
 
 
-def _ifindex(name: str) -> int:
+def ifindex(name: str) -> int:
     try:
         return socket.if_nametoindex(name)
     except OSError:
