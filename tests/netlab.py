@@ -87,6 +87,11 @@ class Lab:
         self.processes.append(proc)
         return proc
 
+    def scratch_file(self, name: str) -> Path:
+        """A file for a test's own records (a capture, a trace), removed with the lab."""
+        path = self.logs[name] = Path(f"/tmp/{self.tag}-{name}")
+        return path
+
     def python(self, ns: str, module: str, *args: str, name: str) -> subprocess.Popen:
         return self.start(ns, [sys.executable, "-m", module, *args], name)
 

@@ -103,11 +103,13 @@ def test_kept_lab_comes_down_with_the_printed_command_and_nothing_else_does():
         assert proc.returncode == 0, output
         kept = demo_namespaces(proc.pid)
         assert len(kept) >= 7 and all(f"ip netns exec {name} bash" in output for name in kept)
+        logdir = Path(output.split("logs are in ", 1)[1].split("\n", 1)[0])
+        assert (logdir / "router.log").exists()
         command = output.split("take it all down with:\n", 1)[1].strip()
         assert command == f"{VENV_DEMO[0]} demo --down"  # the full path: works also when the venv is not on PATH
         down = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=60)
         assert down.returncode == 0 and f"6bed4demo-{proc.pid}" in down.stdout, down.stdout + down.stderr
-        assert demo_namespaces(proc.pid) == []
+        assert demo_namespaces(proc.pid) == [] and not logdir.exists()
         assert stranger in pyroute2_netns.listnetns()
     finally:
         pyroute2_netns.remove(stranger)

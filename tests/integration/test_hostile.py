@@ -67,7 +67,7 @@ def raw_udp(src: str, sport: int, dst: str, dport: int, payload: bytes) -> bytes
 def test_hostile_datagrams_are_dropped_counted_and_never_reach_forbidden_targets(attacked):
     topo, router = attacked
     lab = topo.lab
-    pcap = f"/tmp/{lab.tag}-router.pcap"
+    pcap = str(lab.scratch_file("router.pcap"))
     dump = subprocess.Popen(["ip", "netns", "exec", topo.core, "tcpdump", "-i", "r0", "-w", pcap, "-U", "-s", "128",
                              "udp and src host 192.0.2.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lab.processes.append(dump)

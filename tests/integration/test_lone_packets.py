@@ -52,9 +52,9 @@ def traced(net, pids: dict[str, int], action) -> dict[str, list[str]]:
     """strace of the running daemons (system calls on the data path, buffers in hex) while `action` runs."""
     tracers, paths = {}, {}
     for name, pid in pids.items():
-        path = paths[name] = f"/tmp/{net.lab.tag}-strace-{name}.txt"
+        path = paths[name] = net.lab.scratch_file(f"strace-{name}.txt")
         tracers[name] = subprocess.Popen(
-            ["strace", "-p", str(pid), "-xx", "-s", "64", "-o", path,
+            ["strace", "-p", str(pid), "-xx", "-s", "64", "-o", str(path),
              "-e", "trace=read,write,writev,sendto,sendmsg,recvfrom,recvmmsg"],
             stderr=subprocess.PIPE, text=True)
     try:

@@ -5,7 +5,8 @@ the demo's process id), so that two demos on one machine never meet.  A lab
 records itself in RECORDS while it exists; `close()` kills the lab's processes,
 deletes its namespaces and its record whatever happened.  A lab left up by
 --keep, or by a run that was killed, keeps its record: `Lab.take_down()` finds
-it there (and touches nothing that no record names).
+it there, removes it with its log directory, and touches nothing that no
+record names.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -38,6 +40,13 @@ def _started(pid: int) -> str | None:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return None
+
+
+def _remove_logdir(lab: dict) -> None:
+    """The lab's log directory, if the record names one of this lab's (a temporary directory with its tag)."""
+    logdir = Path(lab.get("logdir") or "")
+    if logdir.parent == Path(tempfile.gettempdir()) and logdir.name.startswith(f"{lab['tag']}-"):
+        shutil.rmtree(logdir, ignore_errors=True)
 
 
 class Lab:
@@ -77,6 +86,7 @@ class Lab:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
                 pyroute2_netns.remove(name)
+            _remove_logdir(lab)
             record.unlink(missing_ok=True)
             removed.append(lab["tag"])
         return removed
