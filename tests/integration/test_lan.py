@@ -217,10 +217,41 @@ def test_routed_dhcpv6_hosts_get_lanids_and_reach_everything(home, tmp_path):
     iperf_both_ways(home, "h1")
 
     assert global_addresses(home, "t1") == []  # SLAAC-only devices get nothing in routed mode
-    assert home.net.lab.sh(home.gateway, "nft list tables").stdout.count("sixbed4") == 0
+    assert "masquerade" not in home.net.lab.sh(home.gateway, "nft list ruleset").stdout  # nothing translated
     assert calls(record)[0] == f"{proc.pid} add-range-offer {lanid_address(mine, 2)} {lanid_address(mine, 0x3FFF)}"
     assert "DHCPREPLY(lan0)" in home.lab.log(proc.name)  # dnsmasq's log lines are in the peer's
     assert_fast_path_carried(home, proc)
+
+
+@pytest.mark.parametrize("inbound", ["closed", "open"])
+def test_routed_hosts_take_connections_from_the_internet_only_when_inbound_is_open(home, inbound):
+    args = ("--lan-inbound", inbound) if inbound == "open" else ()  # closed is the default
+    start_gateway(home, "routed", *args)
+    dhcp_client(home, "h1")
+    one = wait_dhcp_address(home, "h1")
+    wait_default_router(home, "h1")
+    listener = home.lab.socket(home.hosts["h1"], socket.AF_INET6, socket.SOCK_STREAM)
+    caller = home.net.lab.socket(home.net.inet, socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        listener.bind(("::", 0))
+        listener.listen(1)  # the kernel completes the handshake: nothing needs to accept
+        caller.settimeout(3)
+        try:
+            caller.connect((one, listener.getsockname()[1]))
+            connected = True
+        except TimeoutError:
+            connected = False
+    finally:
+        listener.close()
+        caller.close()
+    assert connected == (inbound == "open")
+    assert home.net.lab.sh(home.net.inet, f"ping -6 -c 1 -W 2 {one}", check=False).returncode == 0  # echo passes
+    assert seen_from_internet(home, "h1") == one  # what the LAN opens works either way
+    table = home.net.lab.sh(home.gateway, "nft list table ip6 sixbed4_lan_lan0", check=False).stdout
+    if inbound == "open":
+        assert table == ""
+    else:
+        assert int(re.search(r"counter packets (\d+) .* drop", table)[1]) >= 1, table
 
 
 def test_nat66_traffic_takes_the_fast_path_too(home):

@@ -311,10 +311,32 @@ def test_dnsmasq_serves_dhcpv6_only_for_the_range():
 
 
 def test_nft_masquerades_the_ula_leaving_through_the_tunnel_in_its_own_table():
-    text = lan.nft_replace(config())
+    text = lan.nft_replace(config(lan.NAT66))
     assert text.startswith("table ip6 sixbed4_lan_lan0\ndelete table ip6 sixbed4_lan_lan0\n")
     assert "type nat hook postrouting priority srcnat" in text
     assert 'oifname "6bed4" ip6 saddr fd12:3456:789a::/64 masquerade' in text
+    assert "forward" not in text  # nothing on the LAN has a global address to protect
+
+
+@pytest.mark.parametrize("mode", [lan.ROUTED, lan.BOTH])
+def test_nft_lets_into_a_closed_lan_only_replies_and_the_icmpv6_that_must_pass(mode):
+    text = lan.nft_ruleset(config(mode))
+    inbound = 'iifname "6bed4" oifname "lan0"'
+    assert "type filter hook forward priority filter; policy accept;" in text
+    rules = [line.strip() for line in text.splitlines() if line.strip().startswith(inbound)]
+    assert rules == [f"{inbound} ct state established,related accept",
+                     f"{inbound} icmpv6 type {{ destination-unreachable, packet-too-big, time-exceeded, "
+                     "parameter-problem, echo-request } accept",
+                     f'{inbound} counter drop comment "unsolicited, --lan-inbound closed"']
+    assert ("masquerade" in text) == (mode == lan.BOTH)
+    assert lan.uses_nft(mode, lan.CLOSED)
+
+
+def test_an_open_routed_lan_needs_no_nft_table():
+    assert not lan.uses_nft(lan.ROUTED, lan.OPEN) and lan.uses_nft(lan.BOTH, lan.OPEN)
+    assert "forward" not in lan.nft_ruleset(LanConfig("lan0", lan.BOTH, packed(ULA), MAC, "6bed4", lan.OPEN))
+    with pytest.raises(ValueError, match="inbound"):
+        LanConfig("lan0", lan.ROUTED, inbound="ajar")
     assert lan.nft_delete(config()) == "delete table ip6 sixbed4_lan_lan0\n"
     assert lan.nft_table("br-lan.10") == "sixbed4_lan_br_lan_10"
 

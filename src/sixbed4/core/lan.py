@@ -37,6 +37,10 @@ from .stats import Counters
 
 ROUTED, NAT66, BOTH = "routed", "nat66", "both"
 MODES = (ROUTED, NAT66, BOTH)
+CLOSED, OPEN = "closed", "open"
+INBOUND = (CLOSED, OPEN)  # --lan-inbound
+# ICMPv6 from the Internet that passes a closed LAN (RFC 4890 4.3.1: errors, echo)
+INBOUND_ICMP = ("destination-unreachable", "packet-too-big", "time-exceeded", "parameter-problem", "echo-request")
 
 # Lifetimes, chosen so that renumbering is fast (see docs and README "home gateway"):
 DHCP_LEASE = 120  # s: dnsmasq's minimum; clients renew (T1) after 60 s, when the old address is refused
@@ -64,6 +68,16 @@ def routes_lanids(mode: str) -> bool:
 def translates(mode: str) -> bool:
     """Does this mode advertise a ULA /64 and translate it (nat66)?"""
     return mode in (NAT66, BOTH)
+
+
+def filters_inbound(mode: str, inbound: str) -> bool:
+    """Does the gateway filter what the Internet sends to LAN hosts (their addresses are global, and closed)?"""
+    return routes_lanids(mode) and inbound == CLOSED
+
+
+def uses_nft(mode: str, inbound: str) -> bool:
+    """Does the gateway need an nftables table (translation, or the inbound filter)?"""
+    return translates(mode) or filters_inbound(mode, inbound)
 
 
 # --- the ULA prefix (RFC 4193) --------------------------------------------------------
@@ -155,10 +169,13 @@ class LanConfig:
     ula: bytes | None = None  # the ULA /64 (16 bytes); needed when the mode translates
     mac: bytes | None = None  # the LAN interface's MAC: the RAs' source link-layer address option
     tunnel: str = "6bed4"  # the TUN device: where translated traffic leaves
+    inbound: str = CLOSED  # what the Internet may open to routed LAN hosts
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"LAN mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.inbound not in INBOUND:
+            raise ValueError(f"LAN inbound {self.inbound!r} is not one of {', '.join(INBOUND)}")
         if translates(self.mode) and self.ula is None:
             raise ValueError(f"LAN mode {self.mode} needs a ULA prefix")
 
@@ -256,19 +273,31 @@ def nft_table(interface: str) -> str:
 
 
 def nft_ruleset(config: LanConfig) -> str:
-    """The ULA /64 leaves through the tunnel as the peer's address (masquerade: whichever it holds now).
+    """The gateway's table: the ULA's translation and the filter of what comes in, as the mode needs them.
 
-    Masquerade rather than snat to a fixed address: after NAT rebinding the TUN
-    device holds the new address, and the kernel forgets the translations of the
-    old one when it goes.
+    The ULA /64 leaves through the tunnel as the peer's address: masquerade
+    rather than snat to a fixed address, because after NAT rebinding the TUN
+    device holds the new address, and the kernel forgets the translations of
+    the old one when it goes.  The filter sits on the forward hook, which also
+    sees what the kernel fast path puts into the TUN device (its packets are
+    forwarded by the kernel from there), so it holds with the fast path too.
     """
     table = nft_table(config.interface)
-    return (f"table ip6 {table} {{\n"
-            "\tchain postrouting {\n"
-            "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
-            f'\t\toifname "{config.tunnel}" ip6 saddr {format_prefix64(config.ula)} masquerade\n'
-            "\t}\n"
-            "}\n")
+    chains = []
+    if translates(config.mode):
+        chains.append("\tchain postrouting {\n"
+                      "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
+                      f'\t\toifname "{config.tunnel}" ip6 saddr {format_prefix64(config.ula)} masquerade\n'
+                      "\t}\n")
+    if filters_inbound(config.mode, config.inbound):
+        inbound = f'iifname "{config.tunnel}" oifname "{config.interface}"'
+        chains.append("\tchain forward {\n"
+                      "\t\ttype filter hook forward priority filter; policy accept;\n"
+                      f"\t\t{inbound} ct state established,related accept\n"
+                      f"\t\t{inbound} icmpv6 type {{ {', '.join(INBOUND_ICMP)} }} accept\n"
+                      f'\t\t{inbound} counter drop comment "unsolicited, --lan-inbound closed"\n'
+                      "\t}\n")
+    return f"table ip6 {table} {{\n" + "".join(chains) + "}\n"
 
 
 def nft_replace(config: LanConfig) -> str:

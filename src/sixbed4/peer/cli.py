@@ -32,7 +32,10 @@ LAN on IF.  --lan-mode routed hands out lanids 2..0x3fff of the /114 by DHCPv6
 (dnsmasq, started and stopped by the peer) to devices that ask for them;
 nat66 advertises a ULA /64 (generated once, kept in --state-dir) for devices
 that only do SLAAC, translated to the peer's own address by nftables; both
-(the default) does both.  When the /114 changes (NAT rebinding), DHCPv6
+(the default) does both.  Routed devices have global addresses: by default
+(--lan-inbound closed) the gateway lets in only what belongs to connections
+they opened, and ICMPv6 errors and echo requests; open lets in everything.
+When the /114 changes (NAT rebinding), DHCPv6
 devices move to the new range within about a minute and a half (their
 renewal), translated ones at once.  On exit the peer announces router
 lifetime 0 on the LAN and removes all it added.
@@ -96,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--lan-mode", choices=lan.MODES, default=lan.BOTH,
                          help="routed: lanids of the /114 by DHCPv6; nat66: a ULA /64 for SLAAC, translated "
                               "to the peer's address; both (default: %(default)s)")
+    gateway.add_argument("--lan-inbound", choices=lan.INBOUND, default=lan.CLOSED,
+                         help="what the Internet may send to routed LAN devices: closed lets in only replies to "
+                              "their own connections and ICMPv6 errors and echo requests (nftables); open lets in "
+                              "everything (default: %(default)s)")
     gateway.add_argument("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR,
                          help="where the LAN's ULA prefix is kept (default: %(default)s)")
     gateway.add_argument("--dnsmasq", metavar="PATH", default="dnsmasq",
@@ -130,7 +137,7 @@ def settings_from_args(args: argparse.Namespace) -> PeerSettings:
     )
     gateway = None
     if args.lan:
-        gateway = LanSettings(args.lan, args.lan_mode, args.state_dir, args.dnsmasq, args.user)
+        gateway = LanSettings(args.lan, args.lan_mode, args.lan_inbound, args.state_dir, args.dnsmasq, args.user)
     return PeerSettings(
         config=config,
         bind=(args.v4listen, args.port or 0),

@@ -59,6 +59,7 @@ class LanError(RuntimeError):
 class LanSettings:
     interface: str
     mode: str = lan.BOTH
+    inbound: str = lan.CLOSED
     state_dir: str = DEFAULT_STATE_DIR
     dnsmasq: str = "dnsmasq"
     user: str | None = None  # --user: the DHCPv6 server runs as this user too (else as dnsmasq)
@@ -387,7 +388,7 @@ class LanGateway:
         self.advertiser = lan.Advertiser(config.mac)
         self.plan = lan.LanPlan()
         self._send_failed = False
-        self._translating = False  # the nftables table is in place
+        self._table_in_place = False  # the nftables table (translation, inbound filter)
         self._refused: set[lan.Fact] = set()  # what the kernel refused, tried again every RETRY_INTERVAL
         self._next_retry = 0.0
 
@@ -418,14 +419,15 @@ class LanGateway:
                                                    "(Debian: apt install dnsmasq-base; or --lan-mode nat66)")
             server = DhcpServer(binary, name, server_account(settings.user), lease_file(settings, name))
             server.check()
-        ula = None
-        if lan.translates(settings.mode):
-            nft_binary = find_binary("nft", f"--lan-mode {settings.mode} needs nftables (apt install nftables)")
+        if lan.uses_nft(settings.mode, settings.inbound):
+            need = (f"--lan-mode {settings.mode} needs nftables (apt install nftables)" if lan.translates(settings.mode)
+                    else "--lan-inbound closed needs nftables (apt install nftables; or --lan-inbound open)")
+            nft_binary = find_binary("nft", need)
             problem = lan.nft_name_problem(tun_setup.ifname) or lan.nft_name_problem(name)
             if problem:
                 raise LanError(problem)
-            ula = kept_ula(settings.state_dir, name, lan_setup.mac())
-        config = lan.LanConfig(name, settings.mode, ula, lan_setup.mac(), tun_setup.ifname)
+        ula = kept_ula(settings.state_dir, name, lan_setup.mac()) if lan.translates(settings.mode) else None
+        config = lan.LanConfig(name, settings.mode, ula, lan_setup.mac(), tun_setup.ifname, settings.inbound)
         try:
             ra = RaSocket(name, lan_setup.index)
         except OSError as exc:
@@ -450,7 +452,7 @@ class LanGateway:
             error = nft(self.nft_binary, lan.nft_replace(self.config))
             if error:
                 raise LanError(f"nft: {error}")
-            self._translating = True
+            self._table_in_place = True
         first = lan.plan(self.config, None)
         try:  # at the start, what the kernel refuses is an error: nothing runs half set up
             for fact in lan.Changes.between(self.plan, first).add:
@@ -459,7 +461,8 @@ class LanGateway:
             raise LanError(exc.strerror or str(exc)) from None
         self.plan = first
         self.advertiser.update(first, now)
-        log.info("gateway of the LAN on %s (%s): %s", self.config.interface, self.config.mode,
+        log.info("gateway of the LAN on %s (%s%s): %s", self.config.interface, self.config.mode,
+                 ", inbound closed" if lan.filters_inbound(self.config.mode, self.config.inbound) else "",
                  self.plan.describe())
 
     def _apply(self, new: lan.LanPlan, now: float) -> None:
@@ -570,8 +573,8 @@ class LanGateway:
             except netlink.NetlinkSetupError as exc:
                 log.debug("removing %s: %s", fact, exc)
         self.plan = lan.LanPlan()
-        if self._translating:
-            self._translating = False
+        if self._table_in_place:
+            self._table_in_place = False
             error = nft(self.nft_binary, lan.nft_delete(self.config))
             if error:
                 log.warning("removing the nftables table %s: %s", lan.nft_table(self.config.interface), error)
