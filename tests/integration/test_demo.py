@@ -69,6 +69,7 @@ def assert_passed(proc: subprocess.Popen, output: str) -> None:
     assert re.search(r"tablet has fd[0-9a-f:]+ \(the gateway's ULA /64", output)
     assert re.search(rf"nat66 \(iperf3 TCP, 1 s\): [\d.]+ Mbit/s, the internet host sees {gateway} \(the gateway\)",
                      output)
+    assert "internet -> laptop, a new TCP connection to a port it listens on: dropped by the gateway" in output
     assert "cleaned up" in output
     assert demo_namespaces(proc.pid) == [] and not (RECORDS / f"6bed4demo-{proc.pid}.json").exists()
 

@@ -258,10 +258,14 @@ def _run(lab: Lab, progress: Progress, routed: bool, python: str, keep: bool, fa
     nat_ok = nat_ok and seen == gateway
     print(f"tablet -> internet through nat66 (iperf3 TCP, 1 s): {nat_throughput}, "
           f"the internet host sees {seen or 'nothing'}{' (the gateway)' if seen == gateway else ''}")
-    passed = all(c.ok for c in cells) and throughput_ok and nat_ok
+    closed_ok = inbound_dropped(lab, python, ns["inet"], ns["laptop"], laptop)
+    print("internet -> laptop, a new TCP connection to a port it listens on: "
+          + ("dropped by the gateway (--lan-inbound closed)" if closed_ok else "NOT dropped"))
+    passed = all(c.ok for c in cells) and throughput_ok and nat_ok and closed_ok
     print(f"\nresult: {'ALL PASSED' if passed else 'SOME FAILED'} "
           f"({sum(c.ok for c in cells)}/{len(cells)} reachability checks, throughput "
-          f"{'ok' if throughput_ok else 'failed'}, nat66 {'ok' if nat_ok else 'failed'})")
+          f"{'ok' if throughput_ok else 'failed'}, nat66 {'ok' if nat_ok else 'failed'}, "
+          f"inbound closed {'ok' if closed_ok else 'failed'})")
     return 0 if passed else 1
 
 
@@ -286,6 +290,27 @@ def iperf(lab: Lab, server_ns: str, client_ns: str, seconds: int) -> tuple[bool,
     except (ValueError, KeyError):
         return False, "failed", seen and seen.group(1)
     return bits > 0, f"{bits / 1e6:.1f} Mbit/s", seen and seen.group(1)
+
+
+LISTEN = "import socket, time; s = socket.create_server(('::', 8022), family=socket.AF_INET6); print('ready'); time.sleep(60)"
+CONNECT = """import socket, sys
+try:
+    socket.create_connection((sys.argv[1], 8022), timeout=2)
+except TimeoutError:
+    sys.exit(3)
+"""
+
+
+def inbound_dropped(lab: Lab, python: str, inet_ns: str, device_ns: str, address: str) -> bool:
+    """Whether a connection from the Internet to a port the device listens on times out (the gateway drops it)."""
+    listener = lab.start(device_ns, [python, "-u", "-c", LISTEN], "laptop-listener")
+    deadline = time.monotonic() + 5
+    while "ready" not in lab.log("laptop-listener") and listener.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        return lab.run(inet_ns, [python, "-c", CONNECT, address], timeout=10).returncode == 3
+    finally:
+        listener.kill()
 
 
 def lan_address(ns: str, wanted) -> str | None:
