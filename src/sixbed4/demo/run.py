@@ -292,7 +292,8 @@ def iperf(lab: Lab, server_ns: str, client_ns: str, seconds: int) -> tuple[bool,
     return bits > 0, f"{bits / 1e6:.1f} Mbit/s", seen and seen.group(1)
 
 
-LISTEN = "import socket, time; s = socket.create_server(('::', 8022), family=socket.AF_INET6); print('ready'); time.sleep(60)"
+LISTEN = ("import socket, time; s = socket.create_server(('::', 8022), family=socket.AF_INET6); print('ready'); "
+          "time.sleep(60)")
 CONNECT = """import socket, sys
 try:
     socket.create_connection((sys.argv[1], 8022), timeout=2)
