@@ -1,8 +1,9 @@
 import os
+import subprocess
 
 import pytest
 
-from tests.netlab import Lab
+from tests.netlab import ROOT, Lab
 
 
 def pytest_collection_modifyitems(items):
@@ -27,3 +28,14 @@ def fast_path(request) -> str:
 def lab():
     with Lab() as lab:
         yield lab
+
+
+@pytest.fixture(scope="session")
+def package(tmp_path_factory):
+    """The Debian package as `./dev deb` builds it (once per run: the package and systemd tests share it)."""
+    out = tmp_path_factory.mktemp("dist")
+    result = subprocess.run([str(ROOT / "dev"), "deb", str(out)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = sorted(out.glob("sixbed4_*_all.deb"))
+    assert len(found) == 1, found
+    return found[0]

@@ -35,16 +35,6 @@ SITE = "usr/lib/python3/dist-packages"
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    result = subprocess.run([str(ROOT / "dev"), "deb", str(out)], capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout + result.stderr
-    found = sorted(out.glob("sixbed4_*_all.deb"))
-    assert len(found) == 1, found
-    return found[0]
-
-
-@pytest.fixture(scope="module")
 def tree(package, tmp_path_factory) -> Path:
     """The package's files, unpacked as they would be installed."""
     root = tmp_path_factory.mktemp("root")

@@ -50,7 +50,7 @@ def test_unit_is_hardened(unit):
     if unit == "6bed4-host-setup.service":
         assert caps == {"CAP_NET_ADMIN"}
         return
-    assert s["Type"] == "notify" and s["Restart"] == "on-failure" and s["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert s["Type"] == "notify" and s["Restart"] == "on-failure" and s["ExecReload"] == "+/bin/kill -HUP $MAINPID"
     # systemd's watchdog (core.watchdog): a watchdog kill is a failure, so Restart=on-failure starts it again.
     # Longer than a stall the daemon lives through: the peer's hook holds its data path up to 2 x HOOK_TIMEOUT.
     watchdog = float(s["WatchdogSec"].removesuffix("s"))

@@ -1,0 +1,123 @@
+"""The package's units under a real systemd (Debian 12's), installed and run as an operator would.
+
+systemd is PID 1 of a container (tests/systemd_container.py) in the seed lab's
+VM namespace.  The package goes in with dpkg, the settings into /etc/sixbed4
+(the shipped files plus what this lab needs, as in test_package.py), and the
+units are enabled and started with systemctl.  The peer's unit runs in the home
+client's namespace through a drop-in (NetworkNamespacePath=), the one line that
+differs from what ships: in real life the peer is another machine.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.integration import seedlab
+from tests.integration.test_package import peer_address, serves
+from tests.netlab import Lab
+from tests.systemd_container import SystemdContainer
+
+UNITS = "6bed4-host-setup 6bed4router 6bed4peer"
+
+
+
+@pytest.fixture(autouse=True)
+def _nspawn():
+    assert shutil.which("systemd-nspawn"), "systemd-nspawn is missing: ./dev setup installs systemd-container"
+
+
+def install(box: SystemdContainer, package: Path, s: seedlab.SeedLab, gateway: bool = False) -> None:
+    """dpkg -i, the settings for this lab, then enable --now every unit.
+
+    `gateway`: the peer is the gateway of lan0 (`lan = "lan0"`), with the two lines
+    its unit's comment gives for that, uncommented in a drop-in (systemctl edit).
+    """
+    box.write("/root/sixbed4.deb", package.read_bytes())
+    box.run("DEBIAN_FRONTEND=noninteractive dpkg -i /root/sixbed4.deb", timeout=120)
+    assert box.run("id -u _sixbed4", check=False).returncode == 0  # the package's sysusers file
+    for name, extra in (("router.toml", 'proxy-nd = "eth0"\n'), ("host-setup.toml", "on-uplink = true\n"),
+                        ("peer.toml", 'lan = "lan0"\n' if gateway else "")):
+        box.write(f"/etc/sixbed4/{name}", box.path(f"/etc/sixbed4/{name}").read_text() + extra)
+    dropins = "/etc/systemd/system/6bed4peer.service.d"
+    box.write(f"{dropins}/lab.conf", f"[Service]\nNetworkNamespacePath=/run/netns/{s.client}\n")
+    if gateway:
+        unit = box.path("/lib/systemd/system/6bed4peer.service").read_text().splitlines()
+        lines = [line[1:] for line in unit if line.startswith(("#CapabilityBoundingSet=", "#StateDirectory="))]
+        assert len(lines) == 2, lines
+        box.write(f"{dropins}/gateway.conf", "[Service]\n" + "\n".join(lines) + "\n")
+    box.run(f"systemctl daemon-reload && systemctl enable --now {UNITS}", timeout=120)
+    states = box.run(f"systemctl is-active {UNITS}", check=False).stdout.split()
+    assert states == ["active"] * 3, "\n".join(box.journal(unit) for unit in UNITS.split())
+
+
+def stop(box: SystemdContainer) -> None:
+    box.run(f"systemctl stop {UNITS}", timeout=60)
+    assert box.run(f"systemctl is-active {UNITS}", check=False).stdout.split() == ["inactive"] * 3
+
+
+def main_pid(box: SystemdContainer, unit: str) -> int:
+    return int(box.show(unit, "MainPID")["MainPID"])
+
+
+def test_units_start_serve_reload_come_back_from_a_hang_and_stop_clean(package):
+    with Lab("sd") as lab:
+        s = seedlab.build(lab, routed=False)
+        start = s.snapshot()
+        with SystemdContainer(f"{lab.tag}-box", s.vm) as box:
+            install(box, package, s)
+            router = main_pid(box, "6bed4router")
+            assert box.run(f"ps -o user= -p {router}").stdout.strip() == "_sixbed4"
+            journal = box.journal("6bed4router")
+            assert "fast path attached" in journal, journal  # CAP_BPF, CAP_PERFMON, bpf(2) as the unit grants
+            address = lab.wait_for(lambda: peer_address(s), 15, "the peer's address")
+            assert serves(s, address)
+
+            # a reload keeps the process; a hang (SIGSTOP) ends in the watchdog's kill and a restart
+            for unit in ("6bed4router", "6bed4peer"):
+                box.run(f"systemctl reload {unit}")
+                lab.wait_for(lambda u=unit: "SIGHUP: reloaded" in box.journal(u), 5, f"{unit} to reload")
+            assert main_pid(box, "6bed4router") == router
+            box.run(f"kill -STOP {router}")
+            lab.wait_for(lambda: main_pid(box, "6bed4router") not in (0, router)
+                         and box.show("6bed4router", "ActiveState")["ActiveState"] == "active", 30,
+                         "systemd to restart the hung router")
+            assert "Watchdog timeout" in box.run("journalctl --no-pager -u 6bed4router").stdout
+            assert box.show("6bed4router", "NRestarts")["NRestarts"] == "1"
+            lab.wait_for(lambda: serves(s, address), 15, "service after the restart")
+            stop(box)
+        assert s.snapshot() == start  # the host setup undone, the router's device gone
+
+
+def test_peer_unit_as_home_gateway_with_the_lines_its_comment_gives(package):
+    """lan = "lan0" in peer.toml: dnsmasq, nftables and the RAs under the unit's limits; all gone at stop."""
+    with Lab("sg") as lab:
+        s = seedlab.build(lab, routed=False)
+        lab.sh(s.client, "ip link add lan0 type bridge && ip link set lan0 up")
+        host = lab.ns("lanhost")
+        lab.link(s.client, "plan0", host, "eth0")
+        lab.sh(s.client, "ip link set plan0 master lan0")
+        lab.sh(host, "ethtool -K eth0 tx off >/dev/null")  # checksums finished, as from a wire
+        with SystemdContainer(f"{lab.tag}-box", s.vm) as box:
+            install(box, package, s, gateway=True)
+            leases, pid = lab.scratch_file("dhclient.leases"), lab.scratch_file("dhclient.pid")
+            lab.start(host, ["dhclient", "-6", "-d", "-lf", str(leases), "-pf", str(pid), "eth0"], "dhclient")
+            gateway = lab.wait_for(lambda: peer_address(s), 15, "the gateway's address")
+
+            def lan_addresses() -> list[str]:
+                out = lab.sh(host, "ip -6 -o addr show dev eth0 scope global", check=False).stdout
+                return [line.split()[3].split("/")[0] for line in out.splitlines()]
+
+            prefix = gateway.rsplit(":", 1)[0]  # the /114's first 112 bits
+            lab.wait_for(lambda: any(a.startswith(prefix) for a in lan_addresses()), 20, "a DHCPv6 address")
+            lab.wait_for(lambda: any(a.startswith("fd") for a in lan_addresses()), 20, "a ULA (SLAAC)")
+            # the RA that makes the gateway the default router may follow the lease by a few seconds
+            lab.wait_for(lambda: s.ping(host, seedlab.INET6), 15, "the LAN host to reach the Internet")
+            journal = box.journal("6bed4peer")
+            assert "DHCPREPLY(lan0)" in journal and "dnsmasq" in box.run("ps -e -o comm").stdout, journal
+            assert "sixbed4_lan_lan0" in lab.sh(s.client, "nft list tables").stdout
+            stop(box)
+            assert "sixbed4_lan_lan0" not in lab.sh(s.client, "nft list tables").stdout
+            assert "dnsmasq" not in box.run("ps -e -o comm").stdout
