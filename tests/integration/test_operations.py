@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import urllib.error
+import urllib.request
 
 import pytest
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
@@ -44,6 +47,32 @@ def test_metrics_count_traffic_and_drops_by_reason(net):
     page = (ROOT / "man" / "6bed4router.8").read_text().replace("\\-", "-")
     for name in {name for name, _labels in samples}:  # the man page's METRICS name every family scraped
         assert name in page, name
+
+
+def test_ready_says_503_while_the_kernel_does_not_forward_ipv6(net):
+    """A router whose host forwards nothing answers RSs and relays, but serves no native IPv6: not ready."""
+    proc = net.start_router("--metrics", "127.0.0.1:9640", name="ready")
+
+    def ready() -> tuple[int, dict]:
+        with net.lab.inside(net.router):
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:9640/ready", timeout=5) as response:
+                    return response.status, json.load(response)
+            except urllib.error.HTTPError as exc:
+                return exc.code, json.load(exc)
+
+    try:
+        assert ready()[0] == 200
+        net.lab.sysctl(net.router, "net.ipv6.conf.all.forwarding", 0)
+        code, state = net.lab.wait_for(lambda: (r := ready())[0] == 503 and r, 5, "/ready 503")
+        assert state["state"].startswith("IPv6 forwarding is off")
+        net.lab.sysctl(net.router, "net.ipv6.conf.all.forwarding", 1)
+        net.lab.wait_for(lambda: ready()[0] == 200, 5, "/ready 200 again")
+    finally:
+        net.lab.sysctl(net.router, "net.ipv6.conf.all.forwarding", 1)
+        Lab.stop(proc)
+    log = net.lab.log("ready")
+    assert "not serving: IPv6 forwarding is off" in log and "serving again" in log
 
 
 def test_config_file_is_equivalent_to_options_and_cli_overrides(net, tmp_path):

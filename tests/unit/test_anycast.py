@@ -199,10 +199,10 @@ class FakeTable:
         self.calls.append("remove")
 
 
-def make_health(up: dict, drain: float = 0.0):
+def make_health(up: dict, drain: float = 0.0, forwarding=lambda: None):
     table = FakeTable()
     h = health.Health(shared(), {1: "the TUN device 6bed4", 2: "uplink eth0"}, lambda index: up[index], table,
-                      ("192.0.2.1/32", "2001:db8:9:10::/64"), drain)
+                      ("192.0.2.1/32", "2001:db8:9:10::/64"), drain, forwarding)
     return h, table
 
 
@@ -229,6 +229,25 @@ def test_announced_only_while_serving_and_every_link_is_up():
 @pytest.mark.parametrize("flags, up", [(0x1 | 0x40, True), (0x1, False), (0x40, False), (0, False), (None, False)])
 def test_a_link_serves_when_up_and_with_carrier(flags, up):
     assert health.running(flags) is up
+
+
+def test_a_router_whose_kernel_does_not_forward_is_not_serving():
+    """It would answer RSs and /ready, and forward nothing: no announcement, /ready 503 until forwarding is on."""
+    problem = {"now": "IPv6 forwarding is off (net.ipv6.conf.all.forwarding = 0; see 6bed4 host-setup)"}
+    h, table = make_health({1: True, 2: True}, forwarding=lambda: problem["now"])
+    h.update()
+    assert table.calls == [] and h.report() == (False, h.report()[1]) and h.report()[1]["state"] == problem["now"]
+    problem["now"] = None
+    h.update()
+    assert table.calls == ["add"] and h.report()[0] is True
+
+
+def test_forwarding_is_read_from_the_kernel(monkeypatch):
+    values = {"net.ipv6.conf.all.forwarding": "0"}
+    monkeypatch.setattr(health.netlink, "read_sysctl", lambda key: values[key])
+    assert "forwarding is off" in health.forwarding_problem()
+    values["net.ipv6.conf.all.forwarding"] = "1"
+    assert health.forwarding_problem() is None
 
 
 def test_never_announced_while_a_link_is_down_at_start():

@@ -1,6 +1,9 @@
 """The router's health signal and, with --anycast-table, its announcement.
 
-The router serves when its datapath runs and its TUN device and uplink are up.
+The router serves when its datapath runs, its TUN device and uplink are up, and
+the kernel forwards IPv6 (without it, peers get addresses and reach each other,
+but nothing else: a router that answers and forwards nothing must not attract
+traffic).
 `Health` says so on the metrics server's `/ready` (200 and JSON while serving,
 503 otherwise) and, in anycast mode, holds the announcement: one route per
 announced prefix through the TUN device, in a kernel table that the BGP daemon
@@ -40,6 +43,17 @@ RTPROT_STATIC = 4
 def running(flags: int | None) -> bool:
     """Administratively up and with carrier: what a link must be to carry traffic."""
     return flags is not None and flags & (netlink.IFF_UP | IFF_RUNNING) == netlink.IFF_UP | IFF_RUNNING
+
+
+def forwarding_problem() -> str | None:
+    """Why the kernel does not forward IPv6 (net.ipv6.conf.all.forwarding 0, or unreadable), or None."""
+    try:
+        value = netlink.read_sysctl("net.ipv6.conf.all.forwarding")
+    except OSError as exc:
+        return f"cannot read net.ipv6.conf.all.forwarding: {exc.strerror}"
+    if value != "1":
+        return "IPv6 forwarding is off (net.ipv6.conf.all.forwarding = 0; see 6bed4 host-setup)"
+    return None
 
 
 def default_route_interface() -> tuple[int, str] | None:
@@ -100,8 +114,10 @@ class Health:
     """Serving or not, why not, and the announcement that follows it."""
 
     def __init__(self, shared: dict, links: dict[int, str], is_up: Callable[[int], bool],
-                 announcement: KernelTable | None = None, prefixes: tuple[str, ...] = (), drain: float = 0.0):
+                 announcement: KernelTable | None = None, prefixes: tuple[str, ...] = (), drain: float = 0.0,
+                 forwarding: Callable[[], str | None] = lambda: None):
         self.shared = shared
+        self.forwarding = forwarding  # why the kernel does not forward, or None
         self.fingerprint = fingerprint(shared)
         self.links = links  # index -> what it is, e.g. "uplink eth0"; each must be up to serve
         self.announcement = announcement
@@ -131,9 +147,9 @@ class Health:
             return running(watch.flags(index))
 
         if anycast is None:
-            return cls(shared, links, is_up)
+            return cls(shared, links, is_up, forwarding=forwarding_problem)
         table = KernelTable(anycast.table, anycast.prefixes, setup.index, fingerprint(shared))
-        return cls(shared, links, is_up, table, anycast.prefixes, anycast.drain)
+        return cls(shared, links, is_up, table, anycast.prefixes, anycast.drain, forwarding_problem)
 
     # --- the state ------------------------------------------------------------
 
@@ -141,10 +157,10 @@ class Health:
         for index, what in self.links.items():
             if not self.is_up(index):
                 return f"{what} is down"
-        return None
+        return self.forwarding()
 
     def update(self) -> None:
-        """Serving unless a link is down; announce or withdraw on a change (not while stopping)."""
+        """Serving unless a link is down or forwarding off; announce or withdraw on a change (not while stopping)."""
         if self.state in ("draining", "stopped"):
             return
         state = self._trouble() or "serving"

@@ -107,13 +107,6 @@ def _nonzero(counters: dict[str, int]) -> str:
     return " ".join(f"{k}={v}" for k, v in counters.items() if v)
 
 
-def _forwarding_enabled() -> bool:
-    try:
-        return netlink.read_sysctl("net.ipv6.conf.all.forwarding") == "1"
-    except OSError:
-        return False
-
-
 def _start_proxy_nd(uplink: str, config: RouterConfig, cleanup: contextlib.ExitStack):
     """The proxy ND responder in a daemon thread of its own (its socket is not the datapath's)."""
     from ..io.proxynd import ProxyError, ProxyResponder
@@ -210,8 +203,6 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Relo
                      len(config.routes), ra, corrective, ra / 48)
         if watch.uplink is None:
             log.warning("no interface has or routes %s: not watching an uplink", listen)
-        if not _forwarding_enabled():
-            log.warning("net.ipv6.conf.all.forwarding is 0: native IPv6 will not be forwarded (see 6bed4 host-setup)")
 
         service.handle_signals(SIGNALS, stop=lambda: health.drain(datapath.stop), reload=reload)
         service.notify(f"READY=1\nSTATUS=serving {prefix_text}/64 on UDP {settings.bind[0]}:{settings.bind[1]}")
