@@ -3,13 +3,14 @@
 The container's root is this machine's own, seen through an overlay whose upper
 layer is a tmpfs: what the package and the units change inside (dpkg, /etc,
 /var, /run) is gone with the container, and the machine's files are never
-written.  It lives in a network namespace of the test's lab, so its traffic
+written, and it stays across a power loss (`power_loss()`, then `boot()` again:
+a reboot).  It boots into a network namespace of the test's lab, so its traffic
 stays in the lab; /run/netns is bound in, so that a unit can be put into
 another of the lab's namespaces (NetworkNamespacePath=), and /dev/net/tun,
 which a container's /dev lacks.  This machine's PID 1 is not systemd, so
 nspawn neither registers the container nor asks for a scope (--register=no
---keep-unit); commands run inside through nsenter.  It boots only basic.target:
-nothing of the machine's own services starts.  It keeps every capability and
+--keep-unit); commands run inside through nsenter.  It boots basic.target unless
+told otherwise: nothing of the machine's own services starts.  It keeps every capability and
 may call bpf(2) (nspawn's own filter refuses it), so that what the units allow
 and forbid is theirs alone.
 """
@@ -27,9 +28,10 @@ BOOTED = ("running", "degraded")
 
 
 class SystemdContainer:
-    def __init__(self, name: str, netns: str, binds: tuple[str, ...] = ("/dev/net/tun", "/run/netns")):
+    """`with SystemdContainer(name) as box: box.boot(netns)`; the overlay (and so /etc, /var) outlives a power loss."""
+
+    def __init__(self, name: str, binds: tuple[str, ...] = ("/dev/net/tun", "/run/netns")):
         self.name = name
-        self.netns = netns
         self.binds = binds
         self.base = Path(f"/tmp/{name}-root")
         self.root = self.base / "merged"
@@ -39,7 +41,13 @@ class SystemdContainer:
 
     def __enter__(self) -> "SystemdContainer":
         try:
-            self._boot()
+            self.base.mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(self.base)], check=True)
+            for part in ("upper", "work", "merged"):
+                (self.base / part).mkdir()
+            subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                            f"lowerdir=/,upperdir={self.base}/upper,workdir={self.base}/work", str(self.root)],
+                           check=True)
         except BaseException:
             self.close()
             raise
@@ -48,20 +56,16 @@ class SystemdContainer:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _boot(self) -> None:
-        self.base.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(self.base)], check=True)
-        for part in ("upper", "work", "merged"):
-            (self.base / part).mkdir()
-        subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                        f"lowerdir=/,upperdir={self.base}/upper,workdir={self.base}/work", str(self.root)], check=True)
+    def boot(self, netns: str, target: str = "basic.target") -> None:
+        """Boot systemd in the lab's namespace `netns` up to `target`; RuntimeError if it does not come up."""
         argv = ["systemd-nspawn", "--quiet", "--directory", str(self.root), "--machine", self.name,
                 "--register=no", "--keep-unit", "--link-journal=no", "--capability=all", "--system-call-filter=bpf",
-                f"--network-namespace-path=/run/netns/{self.netns}",
-                *(f"--bind={path}" for path in self.binds), "--boot", "--", "systemd.unit=basic.target"]
+                f"--network-namespace-path=/run/netns/{netns}",
+                *(f"--bind={path}" for path in self.binds), "--boot", "--", f"systemd.unit={target}"]
         with open(self.log_path, "w") as log:
             self.nspawn = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                            start_new_session=True)
+        self.pid = 0
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.nspawn.poll() is not None:
@@ -71,6 +75,15 @@ class SystemdContainer:
                 return
             time.sleep(0.2)
         raise RuntimeError(f"the container did not boot in 60 s: {self.log()}")
+
+    def power_loss(self) -> None:
+        """Every process of the container gone at once (its PID 1 killed), nothing shut down; the files stay."""
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        if self.nspawn is not None:
+            self.nspawn.wait(30)
+        self.pid = 0
 
     def run(self, command: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         """A shell command inside the container (its namespaces, its root)."""

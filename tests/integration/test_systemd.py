@@ -10,6 +10,7 @@ differs from what ships: in real life the peer is another machine.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tests.netlab import Lab
 from tests.systemd_container import SystemdContainer
 
 UNITS = "6bed4-host-setup 6bed4router 6bed4peer"
+PEER_DROPINS = "/etc/systemd/system/6bed4peer.service.d"
 
 
 
@@ -44,16 +46,20 @@ def install(box: SystemdContainer, package: Path, s: seedlab.SeedLab, gateway: b
     for name, extra in (("router.toml", 'proxy-nd = "eth0"\n'), ("host-setup.toml", "on-uplink = true\n"),
                         ("peer.toml", 'lan = "lan0"\n' if gateway else "")):
         box.write(f"/etc/sixbed4/{name}", box.path(f"/etc/sixbed4/{name}").read_text() + extra)
-    dropins = "/etc/systemd/system/6bed4peer.service.d"
-    box.write(f"{dropins}/lab.conf", f"[Service]\nNetworkNamespacePath=/run/netns/{s.client}\n")
+    put_peer_into(box, s)
     if gateway:
         unit = box.path("/lib/systemd/system/6bed4peer.service").read_text().splitlines()
         lines = [line[1:] for line in unit if line.startswith(("#CapabilityBoundingSet=", "#StateDirectory="))]
         assert len(lines) == 2, lines
-        box.write(f"{dropins}/gateway.conf", "[Service]\n" + "\n".join(lines) + "\n")
+        box.write(f"{PEER_DROPINS}/gateway.conf", "[Service]\n" + "\n".join(lines) + "\n")
     box.run(f"systemctl daemon-reload && systemctl enable --now {UNITS}", timeout=120)
     states = box.run(f"systemctl is-active {UNITS}", check=False).stdout.split()
     assert states == ["active"] * 3, "\n".join(box.journal(unit) for unit in UNITS.split())
+
+
+def put_peer_into(box: SystemdContainer, s: seedlab.SeedLab) -> None:
+    """The peer's unit runs in the lab's home client namespace (a drop-in)."""
+    box.write(f"{PEER_DROPINS}/lab.conf", f"[Service]\nNetworkNamespacePath=/run/netns/{s.client}\n")
 
 
 def stop(box: SystemdContainer) -> None:
@@ -69,7 +75,8 @@ def test_units_start_serve_reload_come_back_from_a_hang_and_stop_clean(package):
     with Lab("sd") as lab:
         s = seedlab.build(lab, routed=False)
         start = s.snapshot()
-        with SystemdContainer(f"{lab.tag}-box", s.vm) as box:
+        with SystemdContainer(f"{lab.tag}-box") as box:
+            box.boot(s.vm)
             install(box, package, s)
             router = main_pid(box, "6bed4router")
             assert box.run(f"ps -o user= -p {router}").stdout.strip() == "_sixbed4"
@@ -106,6 +113,31 @@ def test_units_start_serve_reload_come_back_from_a_hang_and_stop_clean(package):
         assert s.snapshot() == start  # the host setup undone, the router's device gone
 
 
+def test_enabled_units_come_back_at_boot_after_a_power_loss(package):
+    """enable --now, a power loss, and the machine comes back: systemd starts host setup, router, peer in order."""
+    with SystemdContainer(f"sb{os.getpid()}-box") as box:
+        with Lab("sb") as lab:
+            s = seedlab.build(lab, routed=False)
+            box.boot(s.vm)
+            install(box, package, s)
+            assert serves(s, lab.wait_for(lambda: peer_address(s), 15, "the peer's address"))
+            box.power_loss()
+        # back: the seed's network as at the start (a new lab), /run empty, /etc and /var as they were
+        with Lab("sb") as lab:
+            s = seedlab.build(lab, routed=False)
+            start = s.snapshot()
+            put_peer_into(box, s)
+            for wants in box.path("/etc/systemd/system/multi-user.target.wants").iterdir():
+                if not wants.name.startswith("6bed4"):  # the machine image's own services stay off
+                    box.path(f"/etc/systemd/system/{wants.name}").symlink_to("/dev/null")
+            box.boot(s.vm, "multi-user.target")  # returns once the boot's jobs are done: the peer's needs its address
+            states = box.run(f"systemctl is-active {UNITS}", check=False).stdout.split()
+            assert states == ["active"] * 3, "\n".join(box.journal(unit) for unit in UNITS.split())
+            assert serves(s, lab.wait_for(lambda: peer_address(s), 15, "the peer's address"))
+            stop(box)
+            assert s.snapshot() == start
+
+
 def test_peer_unit_as_home_gateway_with_the_lines_its_comment_gives(package):
     """lan = "lan0" in peer.toml: dnsmasq, nftables and the RAs under the unit's limits; all gone at stop."""
     with Lab("sg") as lab:
@@ -115,7 +147,8 @@ def test_peer_unit_as_home_gateway_with_the_lines_its_comment_gives(package):
         lab.link(s.client, "plan0", host, "eth0")
         lab.sh(s.client, "ip link set plan0 master lan0")
         lab.sh(host, "ethtool -K eth0 tx off >/dev/null")  # checksums finished, as from a wire
-        with SystemdContainer(f"{lab.tag}-box", s.vm) as box:
+        with SystemdContainer(f"{lab.tag}-box") as box:
+            box.boot(s.vm)
             install(box, package, s, gateway=True)
             leases, pid = lab.scratch_file("dhclient.leases"), lab.scratch_file("dhclient.pid")
             lab.start(host, ["dhclient", "-6", "-d", "-lf", str(leases), "-pf", str(pid), "eth0"], "dhclient")
