@@ -82,7 +82,8 @@ class SystemdContainer:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
         if self.nspawn is not None:
-            self.nspawn.wait(30)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.nspawn.wait(30)
         self.pid = 0
 
     def run(self, command: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -119,7 +120,10 @@ class SystemdContainer:
             self.nspawn.send_signal(signal.SIGTERM)
             try:
                 self.nspawn.wait(30)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired:  # the container's PID 1 takes its namespace along, then nspawn
+                self.pid = self.pid or _container_init(self.nspawn.pid)
+                if self.pid:
+                    self.power_loss()
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.nspawn.pid, signal.SIGKILL)
                 self.nspawn.wait(10)

@@ -25,7 +25,6 @@ UNITS = "6bed4-host-setup 6bed4router 6bed4peer"
 PEER_DROPINS = "/etc/systemd/system/6bed4peer.service.d"
 
 
-
 @pytest.fixture(autouse=True)
 def _nspawn():
     assert shutil.which("systemd-nspawn"), "systemd-nspawn is missing: ./dev setup installs systemd-container"
@@ -53,6 +52,10 @@ def install(box: SystemdContainer, package: Path, s: seedlab.SeedLab, gateway: b
         assert len(lines) == 2, lines
         box.write(f"{PEER_DROPINS}/gateway.conf", "[Service]\n" + "\n".join(lines) + "\n")
     box.run(f"systemctl daemon-reload && systemctl enable --now {UNITS}", timeout=120)
+    assert_all_active(box)
+
+
+def assert_all_active(box: SystemdContainer) -> None:
     states = box.run(f"systemctl is-active {UNITS}", check=False).stdout.split()
     assert states == ["active"] * 3, "\n".join(box.journal(unit) for unit in UNITS.split())
 
@@ -131,8 +134,7 @@ def test_enabled_units_come_back_at_boot_after_a_power_loss(package):
                 if not wants.name.startswith("6bed4"):  # the machine image's own services stay off
                     box.path(f"/etc/systemd/system/{wants.name}").symlink_to("/dev/null")
             box.boot(s.vm, "multi-user.target")  # returns once the boot's jobs are done: the peer's needs its address
-            states = box.run(f"systemctl is-active {UNITS}", check=False).stdout.split()
-            assert states == ["active"] * 3, "\n".join(box.journal(unit) for unit in UNITS.split())
+            assert_all_active(box)
             assert serves(s, lab.wait_for(lambda: peer_address(s), 15, "the peer's address"))
             stop(box)
             assert s.snapshot() == start
