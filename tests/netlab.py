@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import shlex
 import signal
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -129,6 +131,15 @@ class Lab:
             for sample in family.samples:
                 samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
         return samples
+
+    def ready(self, ns: str, url: str) -> tuple[int, dict]:
+        """A daemon's `/ready` inside `ns`: the HTTP status and the JSON document (also with 503)."""
+        with self.inside(ns):
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    return response.status, json.load(response)
+            except urllib.error.HTTPError as exc:
+                return exc.code, json.load(exc)
 
     def socket(self, ns: str, family=socket.AF_INET, kind=socket.SOCK_DGRAM, proto=0) -> socket.socket:
         with self.inside(ns):

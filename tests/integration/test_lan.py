@@ -115,7 +115,11 @@ def dhcp_client(home: Home, host: str) -> subprocess.Popen:
 
 
 def global_addresses(home: Home, host: str) -> list[str]:
-    out = home.sh(host, "ip -6 -o addr show dev eth0 scope global", check=False).stdout
+    return eth0_global_addresses(home.lab, home.hosts[host])
+
+
+def eth0_global_addresses(lab: Lab, ns: str) -> list[str]:
+    out = lab.sh(ns, "ip -6 -o addr show dev eth0 scope global", check=False).stdout
     return [line.split()[3].split("/")[0] for line in out.splitlines()]
 
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import signal
-import urllib.error
-import urllib.request
 
 import pytest
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
@@ -54,12 +51,7 @@ def test_ready_says_503_while_the_kernel_does_not_forward_ipv6(net):
     proc = net.start_router("--metrics", "127.0.0.1:9640", name="ready")
 
     def ready() -> tuple[int, dict]:
-        with net.lab.inside(net.router):
-            try:
-                with urllib.request.urlopen("http://127.0.0.1:9640/ready", timeout=5) as response:
-                    return response.status, json.load(response)
-            except urllib.error.HTTPError as exc:
-                return exc.code, json.load(exc)
+        return net.lab.ready(net.router, "http://127.0.0.1:9640/ready")
 
     try:
         assert ready()[0] == 200

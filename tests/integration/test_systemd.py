@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration import seedlab
+from tests.integration.test_lan import eth0_global_addresses
 from tests.integration.test_package import peer_address, serves
 from tests.netlab import Lab
 from tests.systemd_container import SystemdContainer
@@ -55,9 +56,12 @@ def install(box: SystemdContainer, package: Path, s: seedlab.SeedLab, gateway: b
     assert_all_active(box)
 
 
+def unit_states(box: SystemdContainer) -> list[str]:
+    return box.run(f"systemctl is-active {UNITS}", check=False).stdout.split()
+
+
 def assert_all_active(box: SystemdContainer) -> None:
-    states = box.run(f"systemctl is-active {UNITS}", check=False).stdout.split()
-    assert states == ["active"] * 3, "\n".join(box.journal(unit) for unit in UNITS.split())
+    assert unit_states(box) == ["active"] * 3, "\n".join(box.journal(unit) for unit in UNITS.split())
 
 
 def put_peer_into(box: SystemdContainer, s: seedlab.SeedLab) -> None:
@@ -67,7 +71,7 @@ def put_peer_into(box: SystemdContainer, s: seedlab.SeedLab) -> None:
 
 def stop(box: SystemdContainer) -> None:
     box.run(f"systemctl stop {UNITS}", timeout=60)
-    assert box.run(f"systemctl is-active {UNITS}", check=False).stdout.split() == ["inactive"] * 3
+    assert unit_states(box) == ["inactive"] * 3
 
 
 def main_pid(box: SystemdContainer, unit: str) -> int:
@@ -112,7 +116,7 @@ def test_units_start_serve_reload_come_back_from_a_hang_and_stop_clean(package):
 
             # removing the package stops the units while their programs are still there
             box.run("DEBIAN_FRONTEND=noninteractive dpkg -r sixbed4", timeout=120)
-            assert box.run(f"systemctl is-active {UNITS}", check=False).stdout.split() == ["inactive"] * 3
+            assert unit_states(box) == ["inactive"] * 3
         assert s.snapshot() == start  # the host setup undone, the router's device gone
 
 
@@ -156,13 +160,9 @@ def test_peer_unit_as_home_gateway_with_the_lines_its_comment_gives(package):
             lab.start(host, ["dhclient", "-6", "-d", "-lf", str(leases), "-pf", str(pid), "eth0"], "dhclient")
             gateway = lab.wait_for(lambda: peer_address(s), 15, "the gateway's address")
 
-            def lan_addresses() -> list[str]:
-                out = lab.sh(host, "ip -6 -o addr show dev eth0 scope global", check=False).stdout
-                return [line.split()[3].split("/")[0] for line in out.splitlines()]
-
             prefix = gateway.rsplit(":", 1)[0]  # the /114's first 112 bits
-            lab.wait_for(lambda: any(a.startswith(prefix) for a in lan_addresses()), 20, "a DHCPv6 address")
-            lab.wait_for(lambda: any(a.startswith("fd") for a in lan_addresses()), 20, "a ULA (SLAAC)")
+            lab.wait_for(lambda: any(a.startswith(prefix) for a in eth0_global_addresses(lab, host)), 20, "a DHCPv6 address")
+            lab.wait_for(lambda: any(a.startswith("fd") for a in eth0_global_addresses(lab, host)), 20, "a ULA (SLAAC)")
             # the RA that makes the gateway the default router may follow the lease by a few seconds
             lab.wait_for(lambda: s.ping(host, seedlab.INET6), 15, "the LAN host to reach the Internet")
             # dnsmasq's lines reach the journal through the peer, which passes them on at its next tick

@@ -15,13 +15,10 @@ thread's traceback and its TUN device gone, so an anycast router is withdrawn.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -79,12 +76,7 @@ def release(fifo: Path, text: str = "", timeout: float = 15) -> None:
 
 
 def ready(lab: Lab, ns: str) -> tuple[int, dict]:
-    with lab.inside(ns):
-        try:
-            with urllib.request.urlopen(f"http://{METRICS}/ready", timeout=5) as response:
-                return response.status, json.load(response)
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.load(exc)
+    return lab.ready(ns, f"http://{METRICS}/ready")
 
 
 @pytest.fixture
