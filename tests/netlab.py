@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -43,6 +44,7 @@ class Lab:
         self.namespaces: list[str] = []
         self.processes: list[subprocess.Popen] = []
         self.logs: dict[str, Path] = {}
+        self.etc_dirs: list[Path] = []  # /etc/netns/<ns>: files `ip netns exec` puts over /etc's
 
     # --- namespaces and links ---------------------------------------------
 
@@ -92,6 +94,16 @@ class Lab:
     def scratch_file(self, name: str) -> Path:
         """A file for a test's own records (a capture, a trace), removed with the lab."""
         path = self.logs[name] = Path(f"/tmp/{self.tag}-{name}")
+        return path
+
+    def resolv_conf(self, ns: str, text: str = "") -> Path:
+        """A resolv.conf of the namespace's own: what `ip netns exec` shows its processes (and a DHCPv6
+        client's script writes) as /etc/resolv.conf, instead of the machine's; removed with the lab."""
+        directory = Path("/etc/netns") / ns
+        directory.mkdir(parents=True, exist_ok=True)
+        self.etc_dirs.append(directory)
+        path = directory / "resolv.conf"
+        path.write_text(text)
         return path
 
     def python(self, ns: str, module: str, *args: str, name: str) -> subprocess.Popen:
@@ -178,6 +190,11 @@ class Lab:
         for path in self.logs.values():
             with contextlib.suppress(OSError):
                 path.unlink()
+        for directory in self.etc_dirs:
+            shutil.rmtree(directory, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                directory.parent.rmdir()  # /etc/netns, if nothing else is in it
+        self.etc_dirs.clear()
 
     def __enter__(self) -> "Lab":
         return self

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from scapy.layers.inet6 import ICMPv6ND_RA, ICMPv6NDOptRDNSS
 
 from sixbed4.core import addr
 from tests.integration import topology
@@ -325,6 +326,68 @@ def test_both_dhcpv6_hosts_prefer_their_global_address_slaac_hosts_are_translate
     assert seen_from_internet(home, "t1") == mine
     assert ping(home, "h1", tablet) and ping(home, "t1", laptop)  # one LAN
     assert ping(home, "t1", topology.INET6)
+
+
+# --- DNS (--lan-dns) -----------------------------------------------------------------------------
+
+NAME = "www.example.test"  # what the test's resolver knows: the Internet host
+SOLICIT = """
+import socket, struct, sys, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+s.settimeout(1)
+for _ in range(5):
+    s.sendto(struct.pack("!BBHI", 133, 0, 0, 0), ("ff02::2", 0, 0, socket.if_nametoindex("eth0")))
+    try:
+        while (m := s.recv(1500))[0] != 134:
+            pass
+        print(m.hex()); sys.exit(0)
+    except TimeoutError:
+        pass
+sys.exit(1)
+"""
+
+
+def solicited_advert(home: Home, host: str) -> ICMPv6ND_RA:
+    """The gateway's answer to a Router Solicitation from `host` (what its RA daemon reads)."""
+    out = home.sh(host, f"{sys.executable} -c '{SOLICIT}'", timeout=15).stdout
+    return ICMPv6ND_RA(bytes.fromhex(out.strip()))
+
+
+def resolve(home: Home, host: str) -> str:
+    """NAME as the host's C library resolves it, through the resolvers in its own resolv.conf."""
+    return home.sh(host, f"getent ahostsv6 {NAME}", check=False, timeout=15).stdout
+
+
+@pytest.mark.parametrize("where", ["self", "internet"])
+def test_lan_hosts_learn_the_announced_resolvers_and_resolve_names(home, where):
+    """--lan-dns self (a resolver on the gateway host) or an Internet resolver's address, in RAs and DHCPv6:
+    a DHCPv6 client's script writes it into the host's resolv.conf; a SLAAC-only host reads it in the RA."""
+    laptop_conf = home.lab.resolv_conf(home.hosts["h1"])
+    tablet_conf = home.lab.resolv_conf(home.hosts["t1"])
+    proc = start_gateway(home, "both", "--lan-dns", "self" if where == "self" else topology.INET6)
+    if where == "self":
+        resolver, ns = str(ula_prefix(home).network_address + 1), home.gateway  # the gateway's ULA ::1
+        assert "nothing on this host answers DNS" in home.lab.log(proc.name)  # none runs yet
+    else:
+        resolver, ns = topology.INET6, home.net.inet
+    home.lab.start(ns, ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+                        "--log-facility=-", "--pid-file", f"--listen-address={resolver}", "--bind-interfaces",
+                        f"--host-record={NAME},{topology.INET6}"], "resolver")
+    home.lab.wait_for(lambda: "started" in home.lab.log("resolver"), 5, "the resolver")
+
+    dhcp_client(home, "h1")
+    wait_dhcp_address(home, "h1")
+    home.lab.wait_for(lambda: f"nameserver {resolver}" in laptop_conf.read_text(), 15, "the laptop's resolver")
+    wait_default_router(home, "h1")
+    assert topology.INET6 in resolve(home, "h1")
+
+    wait_ula_address(home, "t1")
+    wait_default_router(home, "t1")
+    advert = solicited_advert(home, "t1")
+    assert list(advert[ICMPv6NDOptRDNSS].dns) == [resolver] and advert[ICMPv6NDOptRDNSS].lifetime == 1800
+    tablet_conf.write_text(f"nameserver {resolver}\noptions timeout:2 attempts:2\n")  # as rdnssd would
+    assert topology.INET6 in resolve(home, "t1")
 
 
 # --- renumbering ---------------------------------------------------------------------------------

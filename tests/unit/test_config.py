@@ -90,7 +90,8 @@ def test_a_lan_gateway_routes_through_the_tunnel_without_r():
     gateway = peer_cli.settings_from_args(parser.parse_args(["-s", "192.0.2.1", "--lan", "lan0"]))
     assert not plain.config.default_route and plain.lan is None
     assert gateway.config.default_route
-    assert gateway.lan == LanSettings("lan0", "both", "closed", "/var/lib/sixbed4", "dnsmasq", None)
+    assert gateway.lan == LanSettings("lan0", mode="both", inbound="closed", dns=(), state_dir="/var/lib/sixbed4",
+                                      dnsmasq="dnsmasq", user=None)
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
@@ -119,7 +120,8 @@ def test_uncommented_examples_take_effect(tmp_path):
     _, peer = load(peer_cli, uncommented(CONTRIB / "peer.toml", tmp_path))
     assert peer.bind == ("0.0.0.0", 40000) and peer.user == "nobody"
     assert (peer.tun_name, peer.create_tun, peer.hook) == ("tun6", False, "/etc/sixbed4/peer-hook")
-    assert peer.lan == LanSettings("br-lan", "both", "closed", "/var/lib/sixbed4", "/usr/sbin/dnsmasq", "nobody")
+    assert peer.lan == LanSettings("br-lan", mode="both", inbound="closed", dns=("self",),
+                                   state_dir="/var/lib/sixbed4", dnsmasq="/usr/sbin/dnsmasq", user="nobody")
 
 
 def test_host_setup_example_gives_the_documented_settings():
@@ -151,6 +153,7 @@ SAMPLES = {
     "local": ("2001:db8:9:10::80", "2001:db8:9:10::81"), "dummy": ("dumbo0", "dumbo1"),
     "state-file": ("/run/a.json", "/run/b.json"), "fast-path": ("off", "on"),
     "lan": ("br-lan", "eth1"), "lan-mode": ("routed", "nat66"), "lan-inbound": ("open", "closed"),
+    "lan-dns": ("self", "2001:db8::53"),
     "state-dir": ("/var/lib/a", "/var/lib/b"), "dnsmasq": ("/usr/sbin/dnsmasq", "/usr/local/sbin/dnsmasq"),
     "anycast-table": ("6464", "100"),
     "anycast-prefix": ("192.0.2.0/24", "2001:db8:9::/48"), "anycast-drain": ("2", "0.5"),

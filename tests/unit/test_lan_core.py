@@ -11,6 +11,7 @@ from scapy.layers.inet6 import (
     ICMPv6ND_RS,
     ICMPv6NDOptMTU,
     ICMPv6NDOptPrefixInfo,
+    ICMPv6NDOptRDNSS,
     ICMPv6NDOptSrcLLAddr,
 )
 
@@ -33,8 +34,8 @@ LEASE = Lease(packed(PREFIX))
 NEW_LEASE = Lease(packed(NEW_PREFIX))
 
 
-def config(mode: str = lan.BOTH) -> LanConfig:
-    return LanConfig("lan0", mode, packed(ULA), MAC, "6bed4")
+def config(mode: str = lan.BOTH, dns: tuple[str, ...] = ()) -> LanConfig:
+    return LanConfig("lan0", mode, packed(ULA), MAC, "6bed4", dns=dns)
 
 
 def kinds(facts) -> set[tuple[str, str, int]]:
@@ -63,6 +64,17 @@ def pios(advert) -> list[tuple[str, int, int, int, int, int]]:
         if isinstance(option, ICMPv6NDOptPrefixInfo):
             found.append((option.prefix, option.prefixlen, option.L, option.A, option.validlifetime,
                           option.preferredlifetime))
+        option = option.payload
+    return found
+
+
+def rdnss(advert) -> list[tuple[list[str], int]]:
+    """(resolvers, lifetime) of each RDNSS option, in order."""
+    found = []
+    option = advert.payload
+    while option and not isinstance(option, bytes):
+        if isinstance(option, ICMPv6NDOptRDNSS):
+            found.append((list(option.dns), option.lifetime))
         option = option.payload
     return found
 
@@ -294,6 +306,67 @@ def test_bad_solicitations_are_counted_and_not_answered(message, hop_limit, sour
 
 
 # --- dnsmasq and nftables -----------------------------------------------------------------
+
+
+# --- DNS resolvers (--lan-dns) -----------------------------------------------------------
+
+
+RESOLVER = "2001:db8:53::53"
+GATEWAY_ULA = "fd12:3456:789a::1"
+GATEWAY_114 = "2001:db8:9:10:c433:6407:9c40:8001"  # lanid 1 of LEASE
+
+
+@pytest.mark.parametrize("text, resolvers", [
+    ("self", ("self",)),
+    (" 2001:DB8:53:0::53 , self", (RESOLVER, "self")),
+    ("fd00::53,2001:db8::1,self", ("fd00::53", "2001:db8::1", "self")),
+])
+def test_lan_dns_takes_addresses_and_self(text, resolvers):
+    assert lan.parse_resolvers(text) == resolvers
+
+
+@pytest.mark.parametrize("text, why", [
+    ("", "an empty item"), ("self,", "an empty item"), ("8.8.8.8", "neither an IPv6 address nor self"),
+    ("fe80::1", "not an address LAN devices can send to"), ("ff02::1", "not an address"), ("::", "not an address"),
+    ("::1", "not an address"), ("::ffff:192.0.2.1", "not an address"), ("self,self", "given twice"),
+    ("2001:db8::1,2001:db8::2,2001:db8::3,self", "at most 3"),
+])
+def test_lan_dns_refuses_what_devices_cannot_use(text, why):
+    with pytest.raises(ValueError, match=why):
+        lan.parse_resolvers(text)
+
+
+@pytest.mark.parametrize("mode, lease, expected", [
+    (lan.BOTH, LEASE, [GATEWAY_ULA, RESOLVER]),  # the stable ULA ::1, where the mode has one
+    (lan.NAT66, None, [GATEWAY_ULA, RESOLVER]),
+    (lan.ROUTED, LEASE, [GATEWAY_114, RESOLVER]),  # else lanid 1, which moves with the /114
+    (lan.ROUTED, None, [RESOLVER]),  # no address of its own yet
+])
+def test_self_is_the_gateways_own_lan_address(mode, lease, expected):
+    p = plan(config(mode, dns=("self", RESOLVER)), lease)
+    assert [str(ipaddress.IPv6Address(r)) for r in p.resolvers] == expected
+    assert "DNS " + " ".join(expected) in p.describe()
+    assert plan(config(mode), lease).resolvers == ()
+
+
+def test_ras_announce_the_resolvers_and_withdraw_one_that_moved():
+    a = advertiser(plan(config(lan.ROUTED, dns=("self", RESOLVER)), LEASE))
+    assert rdnss(parse_ra(a.due(0.0)[0][1])) == [([GATEWAY_114, RESOLVER], lan.RESOLVER_LIFETIME)]
+    a.update(plan(config(lan.ROUTED, dns=("self", RESOLVER)), NEW_LEASE), 100.0)  # lanid 1 moved
+    moved = str(ipaddress.IPv6Address(NEW_LEASE.address))
+    assert rdnss(parse_ra(a.due(100.0)[0][1])) == [([GATEWAY_114], 0), ([moved, RESOLVER], lan.RESOLVER_LIFETIME)]
+    assert rdnss(parse_ra(a.advert(100.0 + lan.RESOLVER_LIFETIME))) == [([moved, RESOLVER], lan.RESOLVER_LIFETIME)]
+    assert rdnss(parse_ra(a.final())) == [([moved, RESOLVER], 0)]
+    assert rdnss(parse_ra(advertiser().advert(0.0))) == []  # none given, none announced
+
+
+def test_new_resolvers_restart_the_dhcpv6_server_that_hands_them_out():
+    old = plan(config(lan.ROUTED, dns=("self",)), LEASE)
+    assert Changes.between(plan(config(lan.ROUTED), LEASE), old).restart_server
+    assert not Changes.between(old, plan(config(lan.ROUTED, dns=("self",)), LEASE)).restart_server
+    argv = lan.dnsmasq_argv("dnsmasq", "lan0", old.dhcp_range, "f", resolvers=old.resolvers + (packed(RESOLVER),))
+    assert f"--dhcp-option=option6:dns-server,[{GATEWAY_114}],[{RESOLVER}]" in argv
+    assert not [a for a in lan.dnsmasq_argv("dnsmasq", "lan0", old.dhcp_range, "f") if "dns-server" in a]
 
 
 def test_dnsmasq_serves_dhcpv6_only_for_the_range():

@@ -33,6 +33,7 @@ OPT_SOURCE_LLADDR = 1
 OPT_TARGET_LLADDR = 2
 OPT_PREFIX_INFO = 3
 OPT_MTU = 5
+OPT_RDNSS = 25  # Recursive DNS Server (RFC 8106)
 
 PIO_ONLINK = 0x80
 PIO_AUTONOMOUS = 0x40
@@ -124,13 +125,28 @@ class PrefixInfo:
         )
 
 
+@dataclass(frozen=True)
+class RdnssInfo:
+    """A Recursive DNS Server option: these resolvers, for `lifetime` seconds (0: no longer)."""
+
+    servers: tuple[bytes, ...]  # 16 bytes each, at least one
+    lifetime: int
+
+    def pack(self) -> bytes:
+        return struct.pack("!BBHI", OPT_RDNSS, 1 + 2 * len(self.servers), 0, self.lifetime) + b"".join(self.servers)
+
+
 def router_advert_body(prefixes, *, flags: int = 0, lifetime: int = 0xFFFF, mtu: int | None = MIN_MTU,
-                       source_lladdr: bytes | None = None) -> bytes:
-    """An RA after its type, code and checksum: cur hop limit 0 and both timers 0 (unspecified), then options."""
+                       source_lladdr: bytes | None = None, resolvers=()) -> bytes:
+    """An RA after its type, code and checksum: cur hop limit 0 and both timers 0 (unspecified), then options.
+
+    `resolvers`: RdnssInfo options, after the prefixes.
+    """
     body = struct.pack("!BBHII", 0, flags, lifetime, 0, 0)
     if source_lladdr is not None:
         body += bytes((OPT_SOURCE_LLADDR, 1)) + source_lladdr
     body += b"".join(p.pack() for p in prefixes)
+    body += b"".join(r.pack() for r in resolvers)
     if mtu is not None:
         body += struct.pack("!BBHI", OPT_MTU, 1, 0, mtu)
     return body

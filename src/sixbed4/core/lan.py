@@ -15,7 +15,8 @@ up to two kinds of addresses, by `--lan-mode`:
 
 `plan(config, lease)` says what the LAN looks like for a lease (or none yet):
 the `Fact`s to put in place (addresses, routes, a proxy neighbour), the range
-the DHCPv6 server hands out and what the RAs advertise.  `Changes.between()`
+the DHCPv6 server hands out and what the RAs advertise, with the DNS
+resolvers of `--lan-dns` (RFC 8106 in the RAs, and by DHCPv6).  `Changes.between()`
 says what to take away and what to add when the lease changes (NAT
 rebinding).  `Advertiser` decides when RAs go out and what they say.
 `dnsmasq_argv()` and `nft_ruleset()` are the DHCPv6 server's command line and
@@ -41,11 +42,14 @@ CLOSED, OPEN = "closed", "open"
 INBOUND = (CLOSED, OPEN)  # --lan-inbound
 # ICMPv6 from the Internet that passes a closed LAN (RFC 4890 4.3.1: errors, echo)
 INBOUND_ICMP = ("destination-unreachable", "packet-too-big", "time-exceeded", "parameter-problem", "echo-request")
+SELF = "self"  # --lan-dns self: a resolver on the gateway host, at the gateway's own LAN address
+MAX_RESOLVERS = 3  # what clients use of an RDNSS list (RFC 8106 5.3.1)
 
 # Lifetimes, chosen so that renumbering is fast (see docs and README "home gateway"):
 DHCP_LEASE = 120  # s: dnsmasq's minimum; clients renew (T1) after 60 s, when the old address is refused
 PREFIX_LIFETIME = 1800  # s: valid and preferred lifetime of advertised prefixes
 ROUTER_LIFETIME = 1800  # s: how long LAN hosts keep the gateway as default router without a new RA
+RESOLVER_LIFETIME = 1800  # s: of the announced DNS resolvers (RFC 8106 5.1: at least 3 x MaxRtrAdvInterval)
 # When RAs go out (RFC 4861 section 6.2.4 and 10):
 RA_INTERVAL = (200.0, 600.0)  # s: MinRtrAdvInterval, MaxRtrAdvInterval
 FAST_ADVERTS = 3  # after a start or a change, this many RAs ...
@@ -78,6 +82,35 @@ def filters_inbound(mode: str, inbound: str) -> bool:
 def uses_nft(mode: str, inbound: str) -> bool:
     """Does the gateway need an nftables table (translation, or the inbound filter)?"""
     return translates(mode) or filters_inbound(mode, inbound)
+
+
+def parse_resolvers(text: str) -> tuple[str, ...]:
+    """--lan-dns: up to MAX_RESOLVERS items, comma-separated, each `self` or a unicast IPv6 address.
+
+    Returns the items (addresses in their short form); ValueError says what is wrong.
+    """
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise ValueError(f"--lan-dns {text!r}: an empty item; give addresses or self, comma-separated")
+    if len(items) > MAX_RESOLVERS:
+        raise ValueError(f"--lan-dns {text!r}: at most {MAX_RESOLVERS} resolvers (LAN devices use no more)")
+    resolvers = []
+    for item in items:
+        if item == SELF:
+            resolvers.append(SELF)
+            continue
+        try:
+            address = ipaddress.IPv6Address(item)
+        except ValueError:
+            raise ValueError(f"--lan-dns {item!r}: neither an IPv6 address nor self") from None
+        if (address.is_multicast or address.is_link_local or address.is_unspecified or address.is_loopback
+                or address.ipv4_mapped is not None):
+            raise ValueError(f"--lan-dns {item}: not an address LAN devices can send to "
+                             "(use a global or ULA unicast address, or self)")
+        resolvers.append(str(address))
+    if len(set(resolvers)) != len(resolvers):
+        raise ValueError(f"--lan-dns {text!r}: an item given twice")
+    return tuple(resolvers)
 
 
 # --- the ULA prefix (RFC 4193) --------------------------------------------------------
@@ -170,6 +203,7 @@ class LanConfig:
     mac: bytes | None = None  # the LAN interface's MAC: the RAs' source link-layer address option
     tunnel: str = "6bed4"  # the TUN device: where translated traffic leaves
     inbound: str = CLOSED  # what the Internet may open to routed LAN hosts
+    dns: tuple[str, ...] = ()  # --lan-dns: addresses, or SELF (see parse_resolvers)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -187,11 +221,33 @@ class LanPlan:
     prefixes: tuple[icmp6.PrefixInfo, ...] = ()  # what the RAs advertise
     managed: bool = False  # the RAs' M flag: ask DHCPv6 for addresses
     default_router: bool = False  # the RAs' router lifetime is not 0: the tunnel works
+    resolvers: tuple[bytes, ...] = ()  # the DNS resolvers announced (RAs and DHCPv6)
 
     def describe(self) -> str:
         parts = [f"{addr.format_address(p.prefix)}/{p.length}" + (" (SLAAC)" if p.flags & icmp6.PIO_AUTONOMOUS
                                                                    else " (DHCPv6)") for p in self.prefixes]
+        if self.resolvers:
+            parts.append("DNS " + " ".join(addr.format_address(r) for r in self.resolvers))
         return ", ".join(parts) if parts else "nothing yet"
+
+
+def gateway_ula_address(config: LanConfig) -> bytes:
+    """The gateway's own address in the ULA /64: ::1."""
+    return config.ula[:8] + bytes(7) + b"\x01"
+
+
+def resolvers(config: LanConfig, lease: Lease | None) -> tuple[bytes, ...]:
+    """The --lan-dns resolvers as addresses: SELF is the gateway's stable ULA where it has one,
+    else its /114 address (lanid 1, which moves with the /114), else none yet."""
+    found = []
+    for item in config.dns:
+        if item != SELF:
+            found.append(ipaddress.IPv6Address(item).packed)
+        elif translates(config.mode):
+            found.append(gateway_ula_address(config))
+        elif lease is not None and routes_lanids(config.mode):
+            found.append(lease.address)
+    return tuple(dict.fromkeys(found))  # self may also be given as an address
 
 
 def plan(config: LanConfig, lease: Lease | None) -> LanPlan:
@@ -200,7 +256,7 @@ def plan(config: LanConfig, lease: Lease | None) -> LanPlan:
     prefixes: list[icmp6.PrefixInfo] = []
     dhcp_range = None
     if translates(config.mode):
-        facts.add(_fact("address", config.ula[:8] + bytes(7) + b"\x01", 64))  # the gateway: ULA ::1
+        facts.add(_fact("address", gateway_ula_address(config), 64))
         prefixes.append(icmp6.PrefixInfo(config.ula, 64, icmp6.PIO_ONLINK | icmp6.PIO_AUTONOMOUS,
                                          PREFIX_LIFETIME, PREFIX_LIFETIME))
     if lease is not None:
@@ -219,7 +275,8 @@ def plan(config: LanConfig, lease: Lease | None) -> LanPlan:
             # through the tunnel back to the router, and come back, until its hop limit ran out
             facts.add(_fact("unreachable", lease.prefix114, 114))
     return LanPlan(frozenset(facts), dhcp_range, tuple(prefixes),
-                   managed=lease is not None and routes_lanids(config.mode), default_router=lease is not None)
+                   managed=lease is not None and routes_lanids(config.mode), default_router=lease is not None,
+                   resolvers=resolvers(config, lease))
 
 
 @dataclass(frozen=True)
@@ -228,20 +285,23 @@ class Changes:
 
     remove: tuple[Fact, ...]
     add: tuple[Fact, ...]
-    restart_server: bool  # the DHCPv6 range changed (or appeared, or went)
+    restart_server: bool  # the DHCPv6 range changed (or appeared, or went), or the resolvers it hands out
 
     @classmethod
     def between(cls, old: LanPlan, new: LanPlan) -> "Changes":
         return cls(tuple(sorted(old.facts - new.facts, reverse=True)), tuple(sorted(new.facts - old.facts)),
-                   old.dhcp_range != new.dhcp_range)
+                   old.dhcp_range != new.dhcp_range or old.resolvers != new.resolvers)
 
 
 # --- the child daemon and the translation ------------------------------------------
 
 
 def dnsmasq_argv(binary: str, interface: str, dhcp_range: tuple[str, str], lease_file: str, *,
-                 user: str | None = None, verbose: bool = False) -> list[str]:
+                 resolvers: tuple[bytes, ...] = (), user: str | None = None, verbose: bool = False) -> list[str]:
     """dnsmasq as a DHCPv6 server only: no DNS, no RAs (ours), no pid file, logs on stderr.
+
+    It hands out `resolvers` (DHCPv6 option 23); without them, no DNS option
+    (with --port=0 dnsmasq does not name itself).
 
     It serves the range on `interface` because the gateway's /114 address is
     there (dnsmasq picks a range by the addresses of the interface a request
@@ -253,6 +313,8 @@ def dnsmasq_argv(binary: str, interface: str, dhcp_range: tuple[str, str], lease
     argv = [binary, "--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--log-facility=-",
             f"--interface={interface}", "--bind-interfaces", f"--dhcp-range={first},{last},114,{DHCP_LEASE}",
             f"--dhcp-leasefile={lease_file}", "--pid-file"]
+    if resolvers:
+        argv.append("--dhcp-option=option6:dns-server" + "".join(f",[{addr.format_address(r)}]" for r in resolvers))
     if user:
         argv.append(f"--user={user}")
     if verbose:
@@ -340,7 +402,9 @@ class Advertiser:
     MIN_DELAY_BETWEEN_RAS; an RS from a link-local address is answered by
     unicast at the next tick.  A /114 that is no longer served stays in the RAs
     with zero lifetimes for PREFIX_LIFETIME, so that every host that heard it
-    drops it, also one that missed the first RAs after the change.
+    drops it, also one that missed the first RAs after the change; so does a
+    resolver no longer announced (the /114 address of `--lan-dns self`), for
+    RESOLVER_LIFETIME.
     """
 
     def __init__(self, mac: bytes | None = None, rng: random.Random | None = None,
@@ -350,6 +414,7 @@ class Advertiser:
         self.counters = counters or Counters()
         self.plan = LanPlan()
         self._withdrawn: dict[tuple[bytes, int], tuple[float, icmp6.PrefixInfo]] = {}
+        self._withdrawn_resolvers: dict[bytes, float] = {}  # address -> until when
         self._next_multicast: float | None = None
         self._last_multicast = float("-inf")
         self._fast_left = 0
@@ -366,6 +431,13 @@ class Advertiser:
             self._withdrawn.pop(key, None)
         while len(self._withdrawn) > MAX_WITHDRAWN:
             del self._withdrawn[min(self._withdrawn, key=lambda k: self._withdrawn[k][0])]
+        for old in self.plan.resolvers:
+            if old not in plan.resolvers:
+                self._withdrawn_resolvers[old] = now + RESOLVER_LIFETIME
+        for address in plan.resolvers:
+            self._withdrawn_resolvers.pop(address, None)
+        while len(self._withdrawn_resolvers) > MAX_RESOLVERS:
+            del self._withdrawn_resolvers[min(self._withdrawn_resolvers, key=self._withdrawn_resolvers.get)]
         self.plan = plan
         self._fast_left = FAST_ADVERTS
         self._multicast_soon(now)
@@ -390,7 +462,8 @@ class Advertiser:
 
     def _silent(self) -> bool:
         """Nothing to say yet: no prefix, no routership, nothing said before that needs taking back."""
-        return not (self.plan.prefixes or self.plan.default_router or self._withdrawn or self._spoken)
+        return not (self.plan.prefixes or self.plan.default_router or self._withdrawn or self._withdrawn_resolvers
+                    or self._spoken)
 
     def due(self, now: float) -> list[tuple[bytes, bytes]]:
         """The RAs to send now: (destination, ICMPv6 message) pairs; the kernel fills in the checksum."""
@@ -413,20 +486,27 @@ class Advertiser:
         return out
 
     def advert(self, now: float) -> bytes:
-        """The RA for the current plan, with the withdrawn /114s (zero lifetimes) first."""
+        """The RA for the current plan, with the withdrawn /114s and resolvers (zero lifetimes) first."""
         for key in [k for k, (until, _) in self._withdrawn.items() if until <= now]:
             del self._withdrawn[key]
+        for address in [a for a, until in self._withdrawn_resolvers.items() if until <= now]:
+            del self._withdrawn_resolvers[address]
         gone = [icmp6.PrefixInfo(p.prefix, p.length, p.flags, 0, 0) for _, p in self._withdrawn.values()]
         plan = self.plan
-        return self._message(gone + list(plan.prefixes), plan.managed, ROUTER_LIFETIME if plan.default_router else 0)
+        resolvers = [icmp6.RdnssInfo(servers, lifetime)
+                     for servers, lifetime in ((tuple(self._withdrawn_resolvers), 0),
+                                               (plan.resolvers, RESOLVER_LIFETIME)) if servers]
+        return self._message(gone + list(plan.prefixes), plan.managed, ROUTER_LIFETIME if plan.default_router else 0,
+                             resolvers)
 
     def final(self) -> bytes:
-        """The last RA, on exit: not a router any more (lifetime 0), every prefix with zero lifetimes."""
+        """The last RA, on exit: not a router any more (lifetime 0), every prefix and resolver with zero lifetimes."""
         gone = [icmp6.PrefixInfo(p.prefix, p.length, p.flags, 0, 0)
                 for p in [p for _, p in self._withdrawn.values()] + list(self.plan.prefixes)]
-        return self._message(gone, False, 0)
+        servers = tuple(self._withdrawn_resolvers) + self.plan.resolvers
+        return self._message(gone, False, 0, [icmp6.RdnssInfo(servers, 0)] if servers else [])
 
-    def _message(self, prefixes, managed: bool, lifetime: int) -> bytes:
+    def _message(self, prefixes, managed: bool, lifetime: int, resolvers) -> bytes:
         body = icmp6.router_advert_body(prefixes, flags=icmp6.RA_MANAGED if managed else 0, lifetime=lifetime,
-                                        source_lladdr=self.mac)
+                                        source_lladdr=self.mac, resolvers=resolvers)
         return struct.pack("!BBH", icmp6.ROUTER_ADVERT, 0, 0) + body

@@ -35,6 +35,8 @@ that only do SLAAC, translated to the peer's own address by nftables; both
 (the default) does both.  Routed devices have global addresses: by default
 (--lan-inbound closed) the gateway lets in only what belongs to connections
 they opened, and ICMPv6 errors and echo requests; open lets in everything.
+--lan-dns names the DNS resolvers the LAN's devices get (none by default: a
+LAN that also has IPv4 keeps its IPv4 resolver; one without needs this).
 When the /114 changes (NAT rebinding), DHCPv6
 devices move to the new range within about a minute and a half (their
 renewal), translated ones at once.  On exit the peer announces router
@@ -58,6 +60,13 @@ def parse_keepalive(text: str) -> tuple[float, int]:
     if not 1 <= ttl <= 255:
         raise argparse.ArgumentTypeError(f"keepalive TTL {ttl} is out of range 1..255")
     return period, ttl
+
+
+def parse_lan_dns(text: str) -> tuple[str, ...]:
+    try:
+        return lan.parse_resolvers(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--lan-dns ")) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="what the Internet may send to routed LAN devices: closed lets in only replies to "
                               "their own connections and ICMPv6 errors and echo requests (nftables); open lets in "
                               "everything (default: %(default)s)")
+    gateway.add_argument("--lan-dns", metavar="ADDR,...|self", type=parse_lan_dns, default=(),
+                         help="DNS resolvers to announce on the LAN (Router Advertisements, RFC 8106, and DHCPv6), "
+                              "up to 3: IPv6 addresses, or self for a resolver on this host at the gateway's own "
+                              "LAN address (default: none)")
     gateway.add_argument("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR,
                          help="where the LAN's ULA prefix is kept (default: %(default)s)")
     gateway.add_argument("--dnsmasq", metavar="PATH", default="dnsmasq",
@@ -137,7 +150,8 @@ def settings_from_args(args: argparse.Namespace) -> PeerSettings:
     )
     gateway = None
     if args.lan:
-        gateway = LanSettings(args.lan, args.lan_mode, args.lan_inbound, args.state_dir, args.dnsmasq, args.user)
+        gateway = LanSettings(args.lan, mode=args.lan_mode, inbound=args.lan_inbound, dns=args.lan_dns,
+                              state_dir=args.state_dir, dnsmasq=args.dnsmasq, user=args.user)
     return PeerSettings(
         config=config,
         bind=(args.v4listen, args.port or 0),

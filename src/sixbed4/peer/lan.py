@@ -60,6 +60,7 @@ class LanSettings:
     interface: str
     mode: str = lan.BOTH
     inbound: str = lan.CLOSED
+    dns: tuple[str, ...] = ()  # --lan-dns (lan.parse_resolvers)
     state_dir: str = DEFAULT_STATE_DIR
     dnsmasq: str = "dnsmasq"
     user: str | None = None  # --user: the DHCPv6 server runs as this user too (else as dnsmasq)
@@ -127,6 +128,15 @@ def lease_file(settings: LanSettings, interface: str) -> Path:
         raise LanError(f"cannot create the state directory {path.parent.parent}: {exc.strerror} "
                        "(see --state-dir)") from None
     return path
+
+
+def answers_dns() -> bool:
+    """Whether a UDP socket of this network namespace is bound to port 53 for IPv6 (a resolver's)."""
+    try:
+        lines = Path("/proc/net/udp6").read_text().splitlines()[1:]
+    except OSError:
+        return True  # cannot tell: no warning
+    return any(fields[1].endswith(":0035") for fields in map(str.split, lines) if len(fields) > 1)
 
 
 def find_binary(name: str, what: str) -> str:
@@ -235,6 +245,7 @@ class DhcpServer:
         self.account = account
         self.lease_file = lease_file
         self.range: tuple[str, str] | None = None
+        self.resolvers: tuple[bytes, ...] = ()
         self.proc: subprocess.Popen | None = None
         self._started = 0.0
         self._failures = 0
@@ -271,17 +282,19 @@ class DhcpServer:
         except OSError as exc:
             log.debug("keeping the empty directory %s: %s", self.lease_file.parent, exc.strerror)
 
-    def serve(self, dhcp_range: tuple[str, str] | None, now: float) -> None:
-        """Serve this range from now on (None: stop serving)."""
+    def serve(self, dhcp_range: tuple[str, str] | None, resolvers: tuple[bytes, ...], now: float) -> None:
+        """Serve this range, and name these resolvers, from now on (range None: stop serving)."""
         self.stop()
         self.range = dhcp_range
+        self.resolvers = resolvers
         self._failures = 0
         if dhcp_range is not None:
             self._start(now)
 
     def _start(self, now: float) -> None:
         argv = lan.dnsmasq_argv(self.binary, self.interface, self.range, str(self.lease_file),
-                                user=self.account.name, verbose=log.isEnabledFor(logging.DEBUG))
+                                resolvers=self.resolvers, user=self.account.name,
+                                verbose=log.isEnabledFor(logging.DEBUG))
         self._restart_at = None
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -427,7 +440,8 @@ class LanGateway:
             if problem:
                 raise LanError(problem)
         ula = kept_ula(settings.state_dir, name, lan_setup.mac()) if lan.translates(settings.mode) else None
-        config = lan.LanConfig(name, settings.mode, ula, lan_setup.mac(), tun_setup.ifname, settings.inbound)
+        config = lan.LanConfig(name, settings.mode, ula, lan_setup.mac(), tun_setup.ifname, settings.inbound,
+                               settings.dns)
         try:
             ra = RaSocket(name, lan_setup.index)
         except OSError as exc:
@@ -464,6 +478,9 @@ class LanGateway:
         log.info("gateway of the LAN on %s (%s%s): %s", self.config.interface, self.config.mode,
                  ", inbound closed" if lan.filters_inbound(self.config.mode, self.config.inbound) else "",
                  self.plan.describe())
+        if lan.SELF in self.config.dns and not answers_dns():
+            log.warning("--lan-dns self: nothing on this host answers DNS over IPv6 (UDP port 53) yet; "
+                        "LAN devices ask it in vain until a resolver listens there")
 
     def _apply(self, new: lan.LanPlan, now: float) -> None:
         """Go from the current plan to `new`; what the kernel refuses is logged and tried again later."""
@@ -477,7 +494,7 @@ class LanGateway:
         self.plan = new
         self._install(changes.add)
         if changes.restart_server and self.server is not None:
-            self.server.serve(new.dhcp_range, now)
+            self.server.serve(new.dhcp_range, new.resolvers, now)
         self.advertiser.update(new, now)
         self.tick(now)  # the first RA now, not a tick later
 
@@ -500,7 +517,7 @@ class LanGateway:
         now = time.monotonic()
         self.lan_setup.restore()
         if self.server is not None:
-            self.server.serve(self.plan.dhcp_range, now)
+            self.server.serve(self.plan.dhcp_range, self.plan.resolvers, now)
         self.advertiser.update(self.plan, now)
 
     def _fact(self, fact: lan.Fact, add: bool) -> None:
