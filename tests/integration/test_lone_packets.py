@@ -79,27 +79,40 @@ def tun_fd(pid: int) -> int:
     raise AssertionError(f"process {pid} has no TUN device open")
 
 
-def next_after_echo_read(lines: list[str], tun: int, icmp_type: int) -> str:
-    """The data-path system call after the read from the TUN (fd `tun`) that took the echo packet of `icmp_type`."""
-    for at, line in enumerate(lines):
+def next_after_echo_read(lines: list[str], tun: int, icmp_type: int) -> str | None:
+    """The data-path system call after the read from the TUN (fd `tun`) that took the echo packet of `icmp_type`;
+    None if the read before it took another packet: then the echo packet came second in a burst, which the
+    daemon rightly drains as a batch (on the device, the kernel's MLD reports come at times of their own)."""
+    calls = [line for line in lines if not line.startswith(("+++", "---"))]
+    for at, line in enumerate(calls):
         read = _READ.match(line)
         if read and int(read.group(1)) == tun and int(read.group(3)) > 0:
             data = bytes.fromhex(read.group(2).replace("\\x", ""))
             if len(data) > 50 and data[10 + 6] == 58 and data[50] == icmp_type:  # virtio_net_hdr, IPv6, ICMPv6
-                later = [line for line in lines[at + 1:] if not line.startswith(("+++", "---"))]
-                assert later, "nothing after the read"
-                return later[0]
+                before = _READ.match(calls[at - 1]) if at else None
+                if before and int(before.group(1)) == tun and int(before.group(3)) > 0:
+                    return None
+                assert at + 1 < len(calls), "nothing after the read"
+                return calls[at + 1]
     raise AssertionError(f"no TUN read of ICMPv6 type {icmp_type} in:\n" + "\n".join(lines[-20:]))
 
 
 def test_a_packet_from_the_tun_leaves_before_the_daemon_looks_for_more(net):
     pids = {"peer": net.peer_proc.pid, "router": net.router_proc.pid}
     assert ping(net)  # neighbours resolved: what follows is the data path alone
-    traces = traced(net, pids, lambda: ping(net))
     # The request leaves the peer, and the reply the router, by UDP before the next TUN read.
-    for name, icmp_type in (("peer", ECHO_REQUEST), ("router", ECHO_REPLY)):
-        after = next_after_echo_read(traces[name], tun_fd(pids[name]), icmp_type)
-        assert _SEND.match(after), f"the {name} did not send the echo packet first, but: {after}"
+    found = {}
+    for _ in range(3):  # a ping whose echo packet came second in a burst says nothing: another one
+        traces = traced(net, pids, lambda: ping(net))
+        for name, icmp_type in (("peer", ECHO_REQUEST), ("router", ECHO_REPLY)):
+            after = next_after_echo_read(traces[name], tun_fd(pids[name]), icmp_type)
+            if after is not None:
+                found.setdefault(name, after)
+        if len(found) == len(pids):
+            break
+    for name in pids:
+        assert name in found, f"in 3 pings the {name} read every echo packet right behind another TUN packet"
+        assert _SEND.match(found[name]), f"the {name} did not send the echo packet first, but: {found[name]}"
 
 
 def scheduler_slice(pid: int) -> int:

@@ -14,6 +14,7 @@ in a namespace of the test's own.
 
 from __future__ import annotations
 
+import functools
 import struct
 
 import pytest
@@ -32,6 +33,12 @@ PREFIXES = (bytes.fromhex("20010db800090010c43364079c408000"),  # PROTOCOL.md's 
             bytes.fromhex("fc640bedc0000201c633640a3f014000"))  # a /114 whose byte 14 carries address bits
 CONFIGS = (PeerConfig("192.0.2.1"), PeerConfig("192.0.2.1", router_port=4000))
 FUZZ_CASES = 120_000
+
+
+@functools.cache
+def lease_ra(prefix114: bytes) -> bytes:
+    """The RA that gives the peer this /114 (built once: a fresh core gets it for every recorded packet)."""
+    return bytes(ra(pio(addr.format_address(prefix114))))
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +63,7 @@ class PeerDifferential:
             self.fast.set_route(LOCAL_V4, self.uplink_index)
         self.core = PeerCore(config)
         if prefix114 is not None:
-            self.core.from_udp(ra(pio(addr.format_address(prefix114))), config.router, self.now)
+            self.core.from_udp(bytearray(lease_ra(prefix114)), config.router, self.now)
             assert self.core.lease.prefix114 == prefix114
         self.fast.set_lease(prefix114)
 

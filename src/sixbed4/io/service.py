@@ -129,7 +129,9 @@ def feeding_watchdog(datapath, environ=os.environ) -> Iterator[None]:
     daemon runs (hooks, dnsmasq) are not the ones systemd watches.  systemd
     kills with SIGABRT; faulthandler then writes every thread's traceback to
     stderr (the journal) first, which shows where the data path was stuck
-    (also for a `kill -ABRT` by hand).
+    (also for a `kill -ABRT` by hand).  It reads the frames of threads that
+    go on running meanwhile: should that fault, the process ends by SIGSEGV
+    after the same first line; systemd's result is "watchdog" either way.
     """
     faulthandler.enable()
     interval = watchdog_interval(environ, os.getpid())
