@@ -332,7 +332,7 @@ def test_both_dhcpv6_hosts_prefer_their_global_address_slaac_hosts_are_translate
 
 NAME = "www.example.test"  # what the test's resolver knows: the Internet host
 SOLICIT = """
-import socket, struct, sys, time
+import socket, struct, sys
 s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
 s.settimeout(1)

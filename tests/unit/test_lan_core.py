@@ -56,27 +56,26 @@ def parse_ra(message: bytes) -> ICMPv6ND_RA:
     return advert
 
 
-def pios(advert) -> list[tuple[str, int, int, int, int, int]]:
-    """(prefix, length, L, A, valid, preferred) of each Prefix Information option, in order."""
+def options(advert, kind) -> list:
+    """The advert's options of scapy class `kind`, in order."""
     found = []
     option = advert.payload
     while option and not isinstance(option, bytes):
-        if isinstance(option, ICMPv6NDOptPrefixInfo):
-            found.append((option.prefix, option.prefixlen, option.L, option.A, option.validlifetime,
-                          option.preferredlifetime))
+        if isinstance(option, kind):
+            found.append(option)
         option = option.payload
     return found
+
+
+def pios(advert) -> list[tuple[str, int, int, int, int, int]]:
+    """(prefix, length, L, A, valid, preferred) of each Prefix Information option, in order."""
+    return [(o.prefix, o.prefixlen, o.L, o.A, o.validlifetime, o.preferredlifetime)
+            for o in options(advert, ICMPv6NDOptPrefixInfo)]
 
 
 def rdnss(advert) -> list[tuple[list[str], int]]:
     """(resolvers, lifetime) of each RDNSS option, in order."""
-    found = []
-    option = advert.payload
-    while option and not isinstance(option, bytes):
-        if isinstance(option, ICMPv6NDOptRDNSS):
-            found.append((list(option.dns), option.lifetime))
-        option = option.payload
-    return found
+    return [(list(o.dns), o.lifetime) for o in options(advert, ICMPv6NDOptRDNSS)]
 
 
 # --- plans ---------------------------------------------------------------------------------
@@ -305,9 +304,6 @@ def test_bad_solicitations_are_counted_and_not_answered(message, hop_limit, sour
     assert a.due(1.0) == []
 
 
-# --- dnsmasq and nftables -----------------------------------------------------------------
-
-
 # --- DNS resolvers (--lan-dns) -----------------------------------------------------------
 
 
@@ -367,6 +363,9 @@ def test_new_resolvers_restart_the_dhcpv6_server_that_hands_them_out():
     argv = lan.dnsmasq_argv("dnsmasq", "lan0", old.dhcp_range, "f", resolvers=old.resolvers + (packed(RESOLVER),))
     assert f"--dhcp-option=option6:dns-server,[{GATEWAY_114}],[{RESOLVER}]" in argv
     assert not [a for a in lan.dnsmasq_argv("dnsmasq", "lan0", old.dhcp_range, "f") if "dns-server" in a]
+
+
+# --- dnsmasq and nftables -----------------------------------------------------------------
 
 
 def test_dnsmasq_serves_dhcpv6_only_for_the_range():
