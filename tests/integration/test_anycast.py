@@ -32,6 +32,8 @@ from sixbed4.demo.run import tunnel_address
 from tests import netlab
 from tests.integration.sdnotify import Notifications, assert_ended_by_watchdog_abort, under_systemd, unit_watchdog_sec
 
+pytestmark = pytest.mark.alone  # failover gaps, the watchdog's kill and iperf3 are measured against limits in seconds
+
 HOSTS = tuple(anycast.HOSTS)
 CONTRIB_UNITS = netlab.ROOT / "contrib" / "systemd"
 GAP_LIMIT = 1.0  # seconds without replies beyond the ping interval, with BFD (the target)

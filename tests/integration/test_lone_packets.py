@@ -20,6 +20,8 @@ from sixbed4.io.datapath import SCHEDULER_SLICE_NS
 from tests.integration import topology
 from tests.netlab import Lab
 
+pytestmark = pytest.mark.alone  # which packets the daemons read together depends on what else runs
+
 ECHO_REQUEST, ECHO_REPLY = 128, 129
 _READ = re.compile(r'^read\((\d+), "((?:\\x[0-9a-f]{2})*)".*\) = (-?\d+)')
 _SEND = re.compile(r"^(sendto|sendmsg)\(")

@@ -27,7 +27,13 @@ def test_metrics_count_traffic_and_drops_by_reason(net):
         client.send(b"")  # keepalive
         client.ping(topology.INET6)
         client.recv_matching(lambda p: p.haslayer(ICMPv6EchoReply))
-        samples = net.lab.metrics(net.router, "http://127.0.0.1:9640/metrics")
+
+        def scraped_after_the_slow_path_caught_up():
+            """With the fast path the echo reply can come back before the Python path read the keepalive."""
+            samples = net.lab.metrics(net.router, "http://127.0.0.1:9640/metrics")
+            return samples if samples[("sixbed4_router_keepalives_total", ())] else None
+
+        samples = net.lab.wait_for(scraped_after_the_slow_path_caught_up, 5, "the keepalive counted")
     finally:
         client.close()
         Lab.stop(proc)
