@@ -21,6 +21,6 @@ def pytest_collection_modifyitems(items):
 
 def _group(item: pytest.Item) -> str:
     path = Path(str(item.fspath))
-    params = getattr(item, "callspec", None) and item.callspec.params
-    fast_path = params.get("fast_path") if params else None
+    callspec = getattr(item, "callspec", None)  # only parametrized tests have one
+    fast_path = callspec.params.get("fast_path") if callspec else None
     return f"{path.parent.name}/{path.stem}" + (f"[{fast_path}]" if fast_path else "")

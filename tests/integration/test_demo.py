@@ -98,6 +98,7 @@ def test_two_demos_at_once_pass_and_a_kept_lab_comes_down_with_the_printed_comma
     command then takes down its lab and nothing else (a namespace named like a demo's stays)."""
     stranger = "6bed4demo-0-stranger"  # looks like a demo's, but no demo recorded it
     pyroute2_netns.create(stranger)
+    first = proc = None
     try:
         first = subprocess.Popen([*DEMO, "--upstream", "routed", "--fast-path", "on"], stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
@@ -117,11 +118,11 @@ def test_two_demos_at_once_pass_and_a_kept_lab_comes_down_with_the_printed_comma
         assert demo_namespaces(proc.pid) == [] and not logdir.exists()
         assert stranger in pyroute2_netns.listnetns()
     finally:
-        if "first" in locals() and first.poll() is None:
+        if first is not None and first.poll() is None:
             first.send_signal(signal.SIGINT)  # the demo cleans up after itself
             first.communicate(timeout=60)
         pyroute2_netns.remove(stranger)
-        for name in demo_namespaces(proc.pid) if "proc" in locals() else []:
+        for name in demo_namespaces(proc.pid) if proc is not None else []:
             pyroute2_netns.remove(name)
 
 

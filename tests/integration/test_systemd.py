@@ -22,7 +22,7 @@ from tests.integration.test_package import peer_address, serves
 from tests.netlab import Lab
 from tests.systemd_container import SystemdContainer
 
-# Run beside the other tests, the container's systemd failed twice in three runs to put a unit's
+# Run beside the other tests, the container's systemd failed twice in four runs to put a unit's
 # stop command into its cgroup (219/CGROUP, "Failed to kill control group: Input/output error"); it
 # shares this machine's cgroup (v1) hierarchies with every other test's processes.
 pytestmark = pytest.mark.alone
@@ -65,8 +65,12 @@ def unit_states(box: SystemdContainer) -> list[str]:
     return box.run(f"systemctl is-active {UNITS}", check=False).stdout.split()
 
 
+def journals(box: SystemdContainer) -> str:
+    return "\n".join(box.journal(unit) for unit in UNITS.split())
+
+
 def assert_all_active(box: SystemdContainer) -> None:
-    assert unit_states(box) == ["active"] * 3, "\n".join(box.journal(unit) for unit in UNITS.split())
+    assert unit_states(box) == ["active"] * 3, journals(box)
 
 
 def put_peer_into(box: SystemdContainer, s: seedlab.SeedLab) -> None:
@@ -76,7 +80,7 @@ def put_peer_into(box: SystemdContainer, s: seedlab.SeedLab) -> None:
 
 def stop(box: SystemdContainer) -> None:
     box.run(f"systemctl stop {UNITS}", timeout=60)
-    assert unit_states(box) == ["inactive"] * 3, "\n".join(box.journal(unit) for unit in UNITS.split())
+    assert unit_states(box) == ["inactive"] * 3, journals(box)
 
 
 def main_pid(box: SystemdContainer, unit: str) -> int:
