@@ -27,6 +27,8 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from pyroute2 import netns as pyroute2_netns
 
+from sixbed4.io import undo
+
 ROOT = Path(__file__).resolve().parent.parent
 _counter = itertools.count()
 
@@ -185,6 +187,7 @@ class Lab:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
+            undo.forget_namespace(name)  # what the lab's SIGKILLed daemons recorded goes with their namespace
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
         self.namespaces.clear()
         for path in self.logs.values():

@@ -24,6 +24,7 @@ from .core.stats import DROP_REASONS, Counters
 from .hostsetup import apply as hostsetup_apply
 from .hostsetup import cli as hostsetup_cli
 from .io.metrics import CountersCollector
+from .io import undo
 from .io.service import ENVIRONMENT
 from .peer import daemon as peer_daemon
 from .router import daemon as router_daemon
@@ -181,6 +182,12 @@ def sections(name: str, parser: argparse.ArgumentParser) -> list[tuple[str, list
                         + "; systemctl reload sends SIGHUP; WatchdogSec=: killed and started again when its "
                           "data path stalls (see ENVIRONMENT)"),
                  (SYSUSERS, "creates the user _sixbed4 at installation")]
+        daemon_name = name.removeprefix("6bed4")
+        files.append((f"{undo.RUN_DIR}/{daemon_name}-NETNS-TUN.undo",
+                      "the undo record: each change to the kernel (sysctls, link settings, addresses, routes, proxy "
+                      "entries) written before it is made; the next start takes back what a killed " + daemon_name
+                      + " left, and refuses to start while another " + daemon_name + " holds it (NETNS: the network "
+                      "namespace's inode, TUN: the device's name); in /run, so gone at a reboot with the changes"))
         files.append(("/var/cache/sixbed4", "the kernel fast path's eBPF object, compiled by clang at the first "
                                             "start (the unit's CacheDirectory=; else $XDG_CACHE_HOME/sixbed4 "
                                             "or ~/.cache/sixbed4)"))

@@ -85,7 +85,7 @@ def home(net):
             for name in HOSTS:  # at once: a deleted namespace takes its end of a pair along only later
                 net.lab.sh(gateway, f"ip link del p{name}", check=False)
             hosts_lab.close()
-            # what a SIGKILLed gateway cannot take back (the next test starts from a clean namespace)
+            # what a SIGKILLed gateway leaves until the next start (the next test starts from a clean namespace)
             net.lab.sh(gateway, "ip link del lan0; nft delete table ip6 sixbed4_lan_lan0; "
                                 "sysctl -qw net.ipv6.conf.all.forwarding=0", check=False)
             shutil.rmtree(state)
@@ -521,11 +521,22 @@ def test_lan_interface_deleted_ends_the_gateway_and_it_cleans_up(home):
     assert [p.name for p in home.state_dir.iterdir()] == ["lan0.ula"]
 
 
-def test_sigkill_takes_the_dhcpv6_server_along(home):
-    proc = start_gateway(home, "routed")
+def test_what_a_sigkilled_gateway_left_the_next_one_takes_back(home):
+    """The DHCPv6 server dies with its gateway; addresses, proxy entry, routes and sysctls stay until the next
+    start takes them back from the undo record, so that its clean stop leaves the LAN as it was."""
+    before = gateway_state(home)
+    proc = start_gateway(home, "both")
     (server,) = [pid for pid, name in processes(home).items() if name == "dnsmasq"]
     Lab.stop(proc, signal.SIGKILL)
     home.lab.wait_for(lambda: server not in processes(home), 5, "dnsmasq to end with its parent")
+    left = gateway_state(home)
+    assert left["sysctls"].split() == ["1", "1"] and left["proxies"] and "/114" in left["addresses"]
+
+    again = start_gateway(home, "both", name="gw-again")
+    assert re.search(r"took back \d+ change\(s\) that a killed peer \(pid \d+\) left on 6bed4",
+                     home.lab.log("gw-again"))
+    assert Lab.stop(again) == 0
+    assert gateway_state(home) == before
 
 
 # --- errors: one line, exit 2, nothing configured --------------------------------------------------
@@ -573,7 +584,7 @@ def test_state_dir_the_dhcpv6_server_cannot_reach_is_refused(home, tmp_path):
 
 def test_second_gateway_on_the_same_lan_is_refused(home):
     first = start_gateway(home, "both")
-    # with a TUN device of its own (left up, as -d leaves it), the second one gets as far as the LAN
+    # with a TUN device of its own (set up, as an operator's -d device), the second one gets as far as the LAN
     home.net.lab.sh(home.gateway, "ip tuntap add 6bed4b mode tun && ip link set 6bed4b up")
     during = gateway_state(home)
     try:

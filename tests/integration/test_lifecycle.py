@@ -6,10 +6,12 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet6 import ICMPv6EchoReply
 
+from sixbed4.io import undo
 from tests.integration import topology
 from tests.integration.sixclient import SixClient
 from tests.netlab import Lab
@@ -174,22 +176,54 @@ def test_router_exits_when_its_proxy_nd_interface_is_deleted(net):
 
 
 def test_existing_device_keeps_nothing_after_kills_restarts_and_a_clean_stop(net):
-    """-d: a SIGKILLed router leaves its addresses and route; the next start takes them over, a clean stop
-    removes them, however many SIGKILLs and restarts came before."""
+    """-d: a SIGKILLed router leaves its addresses, route and sysctls; the next start takes them back from its
+    undo record before it sets up again, and a clean stop leaves the device as it was, however many SIGKILLs
+    and restarts came before."""
     lab, ns = net.lab, net.router
     lab.sh(ns, "ip tuntap add dev tun6 mode tun")
+    sysctls = "addr_gen_mode accept_ra autoconf"
 
-    def ours() -> list[str]:
-        addresses = lab.sh(ns, "ip -6 -o addr show dev tun6").stdout
+    def settings() -> str:
+        return lab.sh(ns, " ".join(f"sysctl -n net.ipv6.conf.tun6.{leaf};" for leaf in sysctls.split())).stdout
+
+    def ours() -> list[str]:  # (the kernel makes a link-local address of its own when addr_gen_mode goes back)
+        addresses = [line.split()[3] for line in lab.sh(ns, "ip -6 -o addr show dev tun6").stdout.splitlines()]
         routes = lab.sh(ns, "ip -6 route show dev tun6").stdout
-        return ([f"address {line.split()[3]}" for line in addresses.splitlines()]
+        return ([f"address {a}" for a in addresses if a == "fe80::/64" or a.startswith("2001:db8")]
                 + [f"route {line.split()[0]}" for line in routes.splitlines() if line.startswith("2001:db8")])
 
+    def link() -> str:
+        return lab.sh(ns, "ip -o link show dev tun6").stdout.split("<")[1].split(">")[0]
+
+    before = settings(), link()
+    assert before == ("0\n1\n1\n", "POINTOPOINT,MULTICAST,NOARP")  # down
+    record = undo_record(lab, ns, "router", "tun6")
     for run, sig in enumerate((signal.SIGKILL, signal.SIGKILL, signal.SIGTERM)):
         router = net.start_router("-d", "tun6", name=f"router-{run}")
         assert "address 2001:db8:9:10:c000:201:64be:0/128" in ours() and f"route {topology.PREFIX}" in ours()
+        assert settings().split() == ["1", "0", "0"]
+        assert ("took back 7 change(s) that a killed router" in lab.log(f"router-{run}")) == (run > 0)
         assert Lab.stop(router, sig) == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
         if sig == signal.SIGKILL:
-            assert ours(), "a SIGKILL leaves them (nothing runs to remove them)"
-    assert ours() == []
+            assert ours() and record.exists(), "a SIGKILL leaves them (nothing runs to remove them)"
+    assert ours() == [] and (settings(), link()) == before
+    assert not record.exists()
     assert lab.has_link(ns, "tun6")  # the device itself was there before: it stays
+
+
+def undo_record(lab: Lab, ns: str, daemon: str, tun: str) -> Path:
+    """Where a daemon in `ns` keeps its undo record (io/undo.py)."""
+    inode = lab.sh(ns, "stat -L -c %i /proc/self/ns/net").stdout.strip()
+    return undo.RUN_DIR / f"{daemon}-{inode}-{tun}.undo"
+
+
+def test_a_second_daemon_for_the_same_tun_device_is_refused(net):
+    """Its start would otherwise take back the first one's changes as a killed predecessor's."""
+    lab, ns = net.lab, net.router
+    first = net.start_router()
+    second = lab.python(ns, "sixbed4.router.cli", "-l", topology.ROUTER_V4, "-L", topology.PREFIX, "--port", "25791",
+                        name="second")
+    assert second.wait(10) == 2
+    assert (f"another router (pid {first.pid}) runs with the TUN device 6bed4 in this network namespace"
+            in lab.log("second"))
+    assert first.poll() is None and "2001:db8:9:10:c000:201:64be:0" in lab.sh(ns, "ip -6 addr show dev 6bed4").stdout

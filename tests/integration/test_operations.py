@@ -139,15 +139,3 @@ def test_a_route_for_the_prefix_in_the_way_is_a_clear_error_at_start(net):
         net.lab.sh(net.router, f"ip -6 route del {topology.PREFIX} dev up6 metric 1024")
 
 
-def test_restart_on_an_existing_device_after_sigkill_takes_its_own_route_as_it_is(net):
-    """-d: SIGKILL leaves the router's address and /64 route on the device; they are not in the way."""
-    lab = net.lab
-    lab.sh(net.router, "ip tuntap add dev tunr mode tun")
-    try:
-        first = net.start_router("-d", "tunr", name="on-tunr")
-        assert Lab.stop(first, signal.SIGKILL) == -signal.SIGKILL
-        assert f"{topology.PREFIX} proto static metric 1024" in lab.sh(net.router, "ip -6 route show dev tunr").stdout
-        again = net.start_router("-d", "tunr", name="on-tunr-again")  # fails the test if it cannot start
-        assert Lab.stop(again) == 0
-    finally:
-        lab.sh(net.router, "ip link del tunr", check=False)

@@ -249,7 +249,7 @@ def test_hook_calls_sigterm_cleanup_and_second_instance(net, peers, tmp_path):
     assert second.wait(10) == 2
     message = lab.log("second").strip()
     assert len(message.splitlines()) == 1
-    assert "cannot create TUN device 6bed4" in message and "exists already" in message
+    assert f"another peer (pid {pid}) runs with the TUN device 6bed4 in this network namespace" in message
 
     assert Lab.stop(proc, signal.SIGTERM) == 0
     assert not lab.has_link(client.ns, "6bed4")

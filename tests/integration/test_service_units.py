@@ -80,10 +80,16 @@ def test_host_setup_runs_at_boot_before_the_router_and_undoes_at_stop():
     assert s["WantedBy"] == "multi-user.target"
 
 
-def test_the_record_lives_where_the_unit_lets_it_write():
+@pytest.mark.parametrize("unit", UNITS)
+def test_the_records_live_where_the_units_let_them_write(unit):
+    """host-setup's record and the daemons' undo records (ProtectSystem=strict: only these are writable)."""
     from sixbed4.hostsetup.apply import DEFAULT_STATE_FILE
+    from sixbed4.io.undo import RUN_DIR
 
-    assert str(DEFAULT_STATE_FILE.parent) == "/run/" + settings("6bed4-host-setup.service")["RuntimeDirectory"]
+    s = settings(unit)
+    record = DEFAULT_STATE_FILE.parent if unit == "6bed4-host-setup.service" else RUN_DIR
+    assert str(record) == "/run/" + s["RuntimeDirectory"]
+    assert s["RuntimeDirectoryPreserve"] == "yes"  # a record must outlive the restart after a kill
 
 
 def syscall_group(name: str) -> set[str]:

@@ -154,10 +154,17 @@ def test_enabled_units_come_back_at_boot_after_a_power_loss(package):
 
 
 def test_peer_unit_as_home_gateway_with_the_lines_its_comment_gives(package):
-    """lan = "lan0" in peer.toml: dnsmasq, nftables and the RAs under the unit's limits; all gone at stop."""
+    """lan = "lan0" in peer.toml: dnsmasq, nftables and the RAs under the unit's limits; after a kill, systemd's
+    restart takes back what the killed one left (its undo record in the unit's RuntimeDirectory); all gone at stop."""
     with Lab("sg") as lab:
         s = seedlab.build(lab, routed=False)
         lab.sh(s.client, "ip link add lan0 type bridge && ip link set lan0 up")
+
+        def lan_state() -> str:
+            return lab.sh(s.client, "sysctl -n net.ipv6.conf.all.forwarding net.ipv6.conf.lan0.proxy_ndp; "
+                                    "ip -6 -o addr show dev lan0 scope global; ip -6 neigh show proxy").stdout
+
+        before = lan_state()
         host = lab.ns("lanhost")
         lab.link(s.client, "plan0", host, "eth0")
         lab.sh(s.client, "ip link set plan0 master lan0")
@@ -178,6 +185,18 @@ def test_peer_unit_as_home_gateway_with_the_lines_its_comment_gives(package):
             lab.wait_for(lambda: "DHCPREPLY(lan0)" in box.journal("6bed4peer"), 5, "dnsmasq's reply in the journal")
             assert "dnsmasq" in box.run("ps -e -o comm").stdout
             assert "sixbed4_lan_lan0" in lab.sh(s.client, "nft list tables").stdout
+
+            # a kill (the OOM killer's, say) leaves the LAN's addresses, proxy entry and sysctls
+            killed = main_pid(box, "6bed4peer")
+            box.run("systemctl kill -s KILL 6bed4peer")
+            lab.wait_for(lambda: main_pid(box, "6bed4peer") not in (0, killed), 20, "systemd to restart the peer")
+            lab.wait_for(lambda: "took back" in box.journal("6bed4peer"), 10, "the new peer to take back the old one's")
+            # the new peer has another UDP port, so another /114: the DHCPv6 address follows at the lease's
+            # renewal (test_lan.py's NAT rebinding); the SLAAC ULA, translated, works at once
+            ula = next(a for a in eth0_global_addresses(lab, host) if a.startswith("fd"))
+            lab.wait_for(lambda: lab.sh(host, f"ping -6 -n -c 1 -W 2 -I {ula} {seedlab.INET6}", check=False,
+                                        timeout=30).returncode == 0, 20, "the LAN host to reach the Internet again")
             stop(box)
+            assert lan_state() == before
             assert "sixbed4_lan_lan0" not in lab.sh(s.client, "nft list tables").stdout
             assert "dnsmasq" not in box.run("ps -e -o comm").stdout

@@ -23,7 +23,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
 
-from ..io import netlink
+from ..io import netlink, undo
 
 AF_INET6 = 10
 RECORDS = Path("/run/6bed4demo")  # one <tag>.json per lab that is up
@@ -40,6 +40,12 @@ def _started(pid: int) -> str | None:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return None
+
+
+def _remove_namespace(name: str) -> None:
+    """The namespace, and the undo records of the daemons that ran in it (killed ones leave theirs)."""
+    undo.forget_namespace(name)
+    pyroute2_netns.remove(name)
 
 
 def _remove_logdir(lab: dict) -> None:
@@ -85,7 +91,7 @@ class Lab:
                 for pid in pyroute2_netns.ns_pids().get(name, []):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                pyroute2_netns.remove(name)
+                _remove_namespace(name)
             _remove_logdir(lab)
             record.unlink(missing_ok=True)
             removed.append(lab["tag"])
@@ -180,6 +186,6 @@ class Lab:
         self.processes.clear()
         for name in reversed(self.namespaces):
             with contextlib.suppress(OSError):
-                pyroute2_netns.remove(name)
+                _remove_namespace(name)
         self.namespaces.clear()
         self.record.unlink(missing_ok=True)

@@ -3,7 +3,9 @@
 `InterfaceSetup` records every change it makes so that `undo()` removes exactly
 those, in reverse order: what the daemon added goes away on exit, what was
 there before stays; `restore()` makes its addresses and routes again after the
-kernel dropped them (a device set down).  `LinkWatch` notices when an interface
+kernel dropped them (a device set down).  With an undo record (io/undo.py) each
+change is also written down before it is made, and `take_back()` removes what
+a killed daemon left.  `LinkWatch` notices when an interface
 the daemon depends on (its TUN device, its uplink, the router's proxy-ND
 interface) is deleted under it, or set down and up again.
 """
@@ -20,10 +22,13 @@ import struct
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+if TYPE_CHECKING:
+    from .undo import UndoRecord
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +74,23 @@ def write_sysctl(key: str, value: str) -> None:
 class _Change:
     """One change InterfaceSetup made: how to take it back, and (addresses, routes) how to make it again."""
 
-    kind: str  # "sysctl", "addr", "route" or "neigh" (a proxy entry)
-    spec: dict  # sysctl: key and old value; addr, route: what identifies it (the arguments of add and del)
+    kind: str  # "sysctl", "link" (MTU, queue, state), "addr", "route" or "neigh" (a proxy entry)
+    spec: dict  # sysctl: key and old value; link: the old settings; addr, route: the arguments of add and del
     extra: dict = field(default_factory=dict)  # what only adding needs (address flags)
+    device: list | None = None  # [name, index] of the device it goes with (None: the namespace's own)
+
+    @classmethod
+    def from_record(cls, record: dict) -> "_Change":
+        return cls(record["kind"], record["spec"], record.get("extra", {}), record.get("device"))
+
+    def record(self) -> dict:
+        return dict(kind=self.kind, spec=self.spec, extra=self.extra, device=self.device)
 
 
 class InterfaceSetup:
     """Configure one interface and remember how to take it back (and how to make it again)."""
 
-    def __init__(self, ifname: str):
+    def __init__(self, ifname: str, record: UndoRecord | None = None):
         self.ifname = ifname
         self.ipr = IPRoute()
         found = self.ipr.link_lookup(ifname=ifname)
@@ -86,6 +99,7 @@ class InterfaceSetup:
             raise NetlinkSetupError(errno.ENODEV, f"no interface named {ifname}")
         self.index = found[0]
         self._changes: list[_Change] = []
+        self.record = record
 
     def _call(self, what: str, method: str, *args, **kwargs) -> None:
         try:
@@ -93,17 +107,45 @@ class InterfaceSetup:
         except NetlinkError as exc:
             raise NetlinkSetupError(exc.code, f"{what} on {self.ifname}: {_reason(exc)}") from None
 
+    def _change(self, kind: str, spec: dict, extra: dict | None = None, *, on_device: bool = True) -> _Change:
+        return _Change(kind, spec, extra or {}, [self.ifname, self.index] if on_device else None)
+
     def _remember(self, change: _Change) -> None:
         if change not in self._changes:  # made again after the kernel dropped it: one record
             self._changes.append(change)
+            if self.record:
+                self.record.made(change.record())
+
+    def _drop(self, change: _Change) -> None:
+        self._changes.remove(change)
+        if self.record:
+            self.record.gone(change.record())
+
+    def _make(self, change: _Change, make: Callable[[], bool], adopt: bool = False) -> None:
+        """Record the change, then make it (`make` says False if it was in place already).
+
+        Recorded first, so that a kill between the two leaves a record of
+        nothing rather than a change without one.  The record goes again if the
+        kernel refused the change, or found it in place and it is not `adopt`ed.
+        """
+        new = change not in self._changes
+        self._remember(change)
+        try:
+            made = make()
+        except BaseException:
+            if new:
+                self._drop(change)
+            raise
+        if new and not made and not adopt:
+            self._drop(change)
 
     def set_sysctl(self, leaf: str, value: str, *, interface: str | None = None) -> None:
         """net.ipv6.conf.<ifname>.<leaf> = value, restored by undo(); `interface` "all" for the namespace-wide one."""
         key = f"net.ipv6.conf.{interface or self.ifname}.{leaf}"
         old = read_sysctl(key)
         if old != value:
-            write_sysctl(key, value)
-            self._changes.append(_Change("sysctl", dict(key=key, old=old)))
+            change = self._change("sysctl", dict(key=key, old=old), on_device=interface is None)
+            self._make(change, lambda: write_sysctl(key, value) or True)
 
     def link_up(self, mtu: int, queue: int = TUN_QUEUE) -> None:
         """MTU, transmit queue length and state up.
@@ -111,9 +153,15 @@ class InterfaceSetup:
         The queue is where packets routed into a TUN device wait for the daemon;
         the kernel's 500 last 1.7 ms at 300,000 packets/s, shorter than a
         scheduling hiccup, so it is as long as the UDP socket's buffer instead.
+        undo() sets back what was different (a device of the host's, -d).
         """
-        self._call("setting MTU, queue length and state up", "link", "set", index=self.index, mtu=mtu,
-                   txqlen=queue, state="up")
+        link = self.ipr.get_links(self.index)[0]
+        old = dict(mtu=link.get_attr("IFLA_MTU"), txqlen=link.get_attr("IFLA_TXQLEN"),
+                   state="up" if link["flags"] & IFF_UP else "down")
+        if old != dict(mtu=mtu, txqlen=queue, state="up"):
+            self._make(self._change("link", dict(index=self.index, **old)),
+                       lambda: self._call("setting MTU, queue length and state up", "link", "set", index=self.index,
+                                          mtu=mtu, txqlen=queue, state="up") or True)
 
     def mac(self) -> bytes | None:
         """The interface's 6-byte hardware address, or None (a TUN device has none)."""
@@ -141,9 +189,8 @@ class InterfaceSetup:
     def add_address(self, address: str, prefixlen: int, *, prefix_route: bool = False, adopt: bool = False) -> None:
         """Add an address; one that is there already is left alone, or with `adopt` taken as ours (undo removes it)."""
         spec = dict(index=self.index, address=address, prefixlen=prefixlen)
-        change = _Change("addr", spec, dict(IFA_FLAGS=IFA_F_NODAD | (0 if prefix_route else IFA_F_NOPREFIXROUTE)))
-        if self._add_address(change) or adopt:
-            self._remember(change)
+        change = self._change("addr", spec, dict(IFA_FLAGS=IFA_F_NODAD | (0 if prefix_route else IFA_F_NOPREFIXROUTE)))
+        self._make(change, lambda: self._add_address(change), adopt)
 
     def _add_address(self, change: _Change) -> bool:
         """Add the address; False if it is there already."""
@@ -169,8 +216,7 @@ class InterfaceSetup:
         for the prefix with the same metric is in the way (the kernel says "exists").
         """
         spec = self._route_spec(prefix, prefixlen, extra)
-        if self._add_route(spec) or adopt:
-            self._remember(_Change("route", spec))
+        self._make(self._change("route", spec, on_device="oif" in spec), lambda: self._add_route(spec), adopt)
 
     def _add_route(self, spec: dict) -> bool:
         """Add the route; False if it is there already."""
@@ -203,9 +249,9 @@ class InterfaceSetup:
 
     def _forget(self, kind: str, spec: dict) -> bool:
         """Drop the record of a change taken back early; False if it was not ours."""
-        for index in range(len(self._changes) - 1, -1, -1):
-            if self._changes[index].kind == kind and self._changes[index].spec == spec:
-                del self._changes[index]
+        for change in reversed(self._changes):
+            if change.kind == kind and change.spec == spec:
+                self._drop(change)
                 return True
         return False
 
@@ -239,9 +285,8 @@ class InterfaceSetup:
 
     def add_proxy_neighbour(self, address: str) -> None:
         """Answer Neighbor Solicitations for `address` on this interface (needs proxy_ndp and forwarding)."""
-        change = _Change("neigh", dict(dst=address, ifindex=self.index, family=AF_INET6, flags=NTF_PROXY))
-        if self._add_proxy_neighbour(change):
-            self._remember(change)
+        change = self._change("neigh", dict(dst=address, ifindex=self.index, family=AF_INET6, flags=NTF_PROXY))
+        self._make(change, lambda: self._add_proxy_neighbour(change))
 
     def _add_proxy_neighbour(self, change: _Change) -> bool:
         """Add the proxy entry; False if it is there already."""
@@ -280,18 +325,47 @@ class InterfaceSetup:
     def undo(self) -> None:
         """Take back every recorded change, newest first; never raises."""
         while self._changes:
-            change = self._changes.pop()
-            try:
-                if change.kind == "sysctl":
-                    write_sysctl(change.spec["key"], change.spec["old"])
-                else:
-                    getattr(self.ipr, change.kind)("del", **change.spec)
-            except (OSError, NetlinkError) as exc:
-                # the device may be gone already, which removed the change with it
-                log.debug("undo %s %s: %s", change.kind, change.spec, exc)
+            change = self._changes[-1]
+            _take_back_one(self.ipr, change)
+            self._drop(change)
 
     def close(self) -> None:
         self.ipr.close()
+
+
+def _take_back_one(ipr: IPRoute, change: _Change) -> bool:
+    """Undo one change; False if the kernel refused (the device may be gone already, and the change with it)."""
+    try:
+        if change.kind == "sysctl":
+            write_sysctl(change.spec["key"], change.spec["old"])
+        elif change.kind == "link":
+            ipr.link("set", **change.spec)
+        else:
+            getattr(ipr, change.kind)("del", **change.spec)
+        return True
+    except (OSError, NetlinkError) as exc:
+        log.debug("undo %s %s: %s", change.kind, change.spec, exc)
+        return False
+
+
+def take_back(records: list[dict]) -> tuple[int, int]:
+    """Undo the changes a killed daemon recorded, newest first: (taken back, gone with their device).
+
+    A change on a device counts only while that device (name and index) is
+    still there: a deleted device took its addresses, routes and sysctls along.
+    """
+    undone = gone = 0
+    with IPRoute() as ipr:
+        for record in reversed(records):
+            change = _Change.from_record(record)
+            if change.device and ipr.link_lookup(ifname=change.device[0]) != [change.device[1]]:
+                gone += 1
+                continue
+            if _take_back_one(ipr, change):
+                undone += 1
+            else:
+                gone += 1
+    return undone, gone
 
 
 def _reason(exc: NetlinkError) -> str:

@@ -24,7 +24,7 @@ from ..config import Reload
 from ..core import addr
 from ..core.peer import Configure, Datagram, Lease, Notice, PeerConfig, PeerCore, Unconfigure
 from ..fastpath import control as fastpath
-from ..io import netlink, service
+from ..io import netlink, service, undo
 from ..io.datapath import Datapath, DatapathError
 from ..io.metrics import CountersCollector, MetricsError
 from ..io.tun import Tun, TunError
@@ -54,8 +54,10 @@ SIGNALS = {
                            "stalled (see ENVIRONMENT): every thread's Python traceback goes to stderr, then the "
                            "process ends as by SIGKILL"),
     signal.SIGKILL: (None, "the kernel removes the TUN device the peer created, with its address and routes, and the "
-                           "fast path's tcx links; the hook is not told, so offers it made stay until the next "
-                           "start's del-offers"),
+                           "fast path's tcx links, and ends dnsmasq; the hook is not told, so offers it made stay "
+                           "until the next start's del-offers; the rest (-d's device settings, the LAN's addresses, "
+                           "routes, proxy entry and forwarding) stays until the next start takes it back (see FILES: "
+                           "the undo record)"),
 }
 LIVE_SETTINGS = frozenset({"hook"})  # what a reload changes in a running peer
 
@@ -288,9 +290,12 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer", reload: Reload | N
                                               "address already in use (another 6bed4peer running?)") from None
                 raise
             cleanup.callback(sock.close)
+            record = undo.resume("peer", settings.tun_name)
+            if record is not None:
+                cleanup.callback(record.close)
             tun = Tun.open(settings.tun_name, create=settings.create_tun)
             cleanup.callback(tun.close)
-            setup = netlink.InterfaceSetup(tun.name)
+            setup = netlink.InterfaceSetup(tun.name, record)
             cleanup.callback(setup.close)
             cleanup.callback(setup.undo)
             configure_tun(setup)
@@ -298,7 +303,7 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer", reload: Reload | N
             applier = LeaseApplier(setup, config, hook)
             watch = netlink.LinkWatch.tun_and_uplink(setup, config.router_ipv4, restore=applier.install)
             cleanup.callback(watch.close)
-        except (UdpError, TunError, netlink.NetlinkSetupError) as exc:
+        except (UdpError, undo.UndoBusy, TunError, netlink.NetlinkSetupError) as exc:
             return cliutil.fail(prog, exc.strerror or str(exc))
         except PermissionError as exc:
             return cliutil.fail(prog, f"{exc.filename}: permission denied (run as root or with CAP_NET_ADMIN)")

@@ -416,7 +416,7 @@ class LanGateway:
         if name == tun_setup.ifname:
             raise LanError(f"--lan {name}: that is the tunnel device; name the interface of the LAN")
         try:
-            lan_setup = netlink.InterfaceSetup(name)
+            lan_setup = netlink.InterfaceSetup(name, tun_setup.record)  # one undo record for the daemon
         except netlink.NetlinkSetupError as exc:
             raise LanError(f"--lan {name}: {exc.strerror}") from None
         cleanup.callback(lan_setup.close)

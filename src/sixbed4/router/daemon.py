@@ -14,7 +14,7 @@ from ..config import Reload
 from ..core import addr
 from ..core.router import RouterConfig, RouterCore
 from ..fastpath import control as fastpath
-from ..io import netlink
+from ..io import netlink, undo
 from ..io import service
 from ..io.datapath import Datapath, DatapathError
 from ..io.hostaddr import HostIPv4Watch, host_ipv4s
@@ -40,8 +40,8 @@ SIGNALS = {
                            "every thread's Python traceback goes to stderr, then the process ends as by SIGKILL"),
     signal.SIGKILL: (None, "the kernel removes the TUN device the router created, with its addresses and routes "
                            "(the --anycast-table announcement too, which BIRD then withdraws), and the fast "
-                           "path's tcx links, so a restart works at once; with -d the router's addresses and route "
-                           "stay on the device until the next start takes them over and a clean stop removes them"),
+                           "path's tcx links, so a restart works at once; with -d the router's addresses, route and "
+                           "device settings stay until the next start takes them back (see FILES: the undo record)"),
 }
 
 
@@ -63,8 +63,8 @@ class RouterSettings:
 def configure_tun(setup: netlink.InterfaceSetup, config: RouterConfig, prefix_route: bool) -> None:
     """Addresses as the C router: fe80:: and the router's global address; the /64 routed in.
 
-    Those found on the device already (an existing device, -d, after a SIGKILL) are
-    adopted: a clean stop removes them too, so nothing stays behind.
+    Those found on the device already (-d: a device someone else addressed, or a killed
+    router's without its undo record) are adopted: a clean stop removes them too.
     """
     setup.set_sysctl("addr_gen_mode", "1")  # no kernel-chosen link-local address
     setup.set_sysctl("accept_ra", "0")
@@ -132,9 +132,12 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Relo
         try:
             sock = open_udp(*settings.bind)
             cleanup.callback(sock.close)
+            record = undo.resume("router", settings.tun_name)
+            if record is not None:
+                cleanup.callback(record.close)
             tun = Tun.open(settings.tun_name, create=settings.create_tun)
             cleanup.callback(tun.close)
-            setup = netlink.InterfaceSetup(tun.name)
+            setup = netlink.InterfaceSetup(tun.name, record)
             cleanup.callback(setup.close)
             cleanup.callback(setup.undo)
             configure_tun(setup, config, settings.prefix_route)
@@ -143,7 +146,7 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Relo
             cleanup.callback(watch.close)
             health = Health.for_router(config, settings.anycast, setup, watch)
             cleanup.callback(health.close)
-        except (UdpError, TunError, netlink.NetlinkSetupError) as exc:
+        except (UdpError, undo.UndoBusy, TunError, netlink.NetlinkSetupError) as exc:
             return cliutil.fail(prog, exc.strerror or str(exc))
         except PermissionError as exc:
             return cliutil.fail(prog, f"{exc.filename}: permission denied (run as root or with CAP_NET_ADMIN)")
