@@ -101,3 +101,9 @@ def test_a_clean_stop_with_changes_still_open_keeps_them_for_the_next_start(tmp_
     first.made(PROXY)
     first.close()
     assert undo.UndoRecord.open("peer", "tun9", tmp_path).left_behind == [PROXY]
+
+
+def test_a_device_name_with_a_slash_gets_no_record_outside_the_directory(tmp_path):
+    directory = tmp_path / "run"
+    assert undo.resume("router", "../../x", directory) is None
+    assert not directory.exists() and list(tmp_path.iterdir()) == []

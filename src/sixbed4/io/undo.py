@@ -208,6 +208,8 @@ def resume(daemon: str, tun: str, directory: Path = RUN_DIR) -> UndoRecord | Non
 
     Raises UndoBusy when a live daemon holds it: starting would fight over its device.
     """
+    if "/" in tun:
+        return None  # not a device name: opening the TUN device says so next
     try:
         record = UndoRecord.open(daemon, tun, directory)
     except UndoBusy:
