@@ -107,3 +107,19 @@ def test_a_device_name_with_a_slash_gets_no_record_outside_the_directory(tmp_pat
     directory = tmp_path / "run"
     assert undo.resume("router", "../../x", directory) is None
     assert not directory.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_long_run_of_changes_made_and_taken_back_keeps_the_record_short(tmp_path):
+    """A LAN renumbered at every NAT rebinding: the record holds what is in place, not the history."""
+    record = undo.UndoRecord.open("peer", "tun9", tmp_path)
+    record.start("peer")
+    record.made(SYSCTL)
+    for n in range(3 * undo.COMPACT_AFTER):
+        address = dict(ADDRESS, spec=dict(ADDRESS["spec"], address=f"2001:db8::{n:x}"))
+        record.made(address)
+        if n != 1234:
+            record.gone(address)
+    assert len(record.path.read_text().splitlines()) <= undo.COMPACT_AFTER + 1
+    os.close(record._fd)  # a kill
+    left = undo.UndoRecord.open("peer", "tun9", tmp_path).left_behind
+    assert [change["spec"].get("address") for change in left] == [None, "2001:db8::4d2"]

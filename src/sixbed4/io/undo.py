@@ -18,7 +18,9 @@ still outstanding (netlink.take_back) before it changes anything itself.
   leaves at most a torn last line, which is ignored (its change was not made
   yet).  Opened before the daemon drops to --user, so it stays writable.
 * A clean stop empties the file (and removes it when allowed: after --user,
-  /run/sixbed4 is root's).
+  /run/sixbed4 is root's).  A long run (a LAN renumbered at every NAT
+  rebinding) does not grow it without end: past COMPACT_AFTER lines of history
+  it is written anew with only the changes still in place.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ RUN_DIR = Path("/run/sixbed4")
 FORMAT = 1
 KINDS = ("sysctl", "link", "addr", "route", "neigh")
 SO_NETNS_COOKIE = 71  # Linux 5.14
+COMPACT_AFTER = 1000  # lines
 _SYSCTL_KEY = re.compile(r"net\.ipv6\.conf\.[^/\s]+\.[a-z0-9_]+")
 
 
@@ -128,6 +131,8 @@ class UndoRecord:
         self.left_behind = left  # what a killed predecessor left: take back, then start()
         self.predecessor = predecessor
         self._open: list[dict] = []
+        self._header: dict = {}
+        self._lines = 0
         self._write_failed = False
 
     @classmethod
@@ -157,10 +162,10 @@ class UndoRecord:
 
     def start(self, daemon: str) -> None:
         """A new record for this run: the predecessor's is taken back by now."""
-        os.ftruncate(self._fd, 0)
         self.left_behind = []
-        self._append({"format": FORMAT, "daemon": daemon, "pid": os.getpid(), "boot": boot_id(),
-                      "netns": netns_cookie()})
+        self._header = {"format": FORMAT, "daemon": daemon, "pid": os.getpid(), "boot": boot_id(),
+                        "netns": netns_cookie()}
+        self._rewrite()
 
     def made(self, change: dict) -> None:
         """Called before the change is made: a kill between the two leaves a record of nothing, which is harmless."""
@@ -173,13 +178,35 @@ class UndoRecord:
         self._append({"gone": change})
 
     def _append(self, entry: dict) -> None:
+        self._write([entry])
+        if self._lines > COMPACT_AFTER + len(self._open):  # (self._open has the entry's change by now)
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        """The header and the changes still in place, nothing else.  In one write after the truncation: only a
+        kill between those two system calls could lose the record."""
         try:
-            os.write(self._fd, (json.dumps(entry, separators=(",", ":")) + "\n").encode())
+            os.ftruncate(self._fd, 0)
         except OSError as exc:
-            if not self._write_failed:  # once: the daemon runs on, only a kill would leave more behind
-                self._write_failed = True
-                log.warning("cannot write the undo record %s: %s; a killed daemon's changes will stay",
-                            self.path, exc.strerror)
+            self._failed(exc)
+            return
+        self._lines = 0
+        self._write([self._header, *({"made": change} for change in self._open)])
+
+    def _write(self, entries) -> None:
+        text = "".join(json.dumps(entry, separators=(",", ":")) + "\n" for entry in entries)
+        try:
+            os.write(self._fd, text.encode())
+        except OSError as exc:
+            self._failed(exc)
+            return
+        self._lines += text.count("\n")
+
+    def _failed(self, exc: OSError) -> None:
+        if not self._write_failed:  # once: the daemon runs on, only a kill would leave more behind
+            self._write_failed = True
+            log.warning("cannot write the undo record %s: %s; a killed daemon's changes will stay",
+                        self.path, exc.strerror)
 
     def close(self) -> None:
         """After a clean stop: an empty record, gone if we may remove it; with changes still open, kept."""
