@@ -25,6 +25,7 @@ still outstanding (netlink.take_back) before it changes anything itself.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -34,6 +35,7 @@ import socket
 from pathlib import Path
 
 from . import netlink
+from .tun import Tun
 
 log = logging.getLogger(__name__)
 
@@ -252,3 +254,22 @@ def resume(daemon: str, tun: str, directory: Path = RUN_DIR) -> UndoRecord | Non
                     undone, daemon, pid, tun, gone)
     record.start(daemon)
     return record
+
+
+def open_tun(daemon: str, name: str, create: bool, cleanup: contextlib.ExitStack) -> tuple[Tun, netlink.InterfaceSetup]:
+    """The daemon's TUN device and the InterfaceSetup that records its changes, once what a killed
+    predecessor left is taken back.
+
+    `cleanup` takes them down in order: the changes undone, the device closed
+    (gone, if the daemon created it), the record emptied.  Raises UndoBusy,
+    TunError or NetlinkSetupError.
+    """
+    record = resume(daemon, name)
+    if record is not None:
+        cleanup.callback(record.close)
+    tun = Tun.open(name, create=create)
+    cleanup.callback(tun.close)
+    setup = netlink.InterfaceSetup(tun.name, record)
+    cleanup.callback(setup.close)
+    cleanup.callback(setup.undo)
+    return tun, setup

@@ -27,7 +27,7 @@ from ..fastpath import control as fastpath
 from ..io import netlink, service, undo
 from ..io.datapath import Datapath, DatapathError
 from ..io.metrics import CountersCollector, MetricsError
-from ..io.tun import Tun, TunError
+from ..io.tun import TunError
 from ..io.udp import UdpError, open_udp
 from .lan import LanError, LanGateway, LanSettings
 
@@ -290,14 +290,7 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer", reload: Reload | N
                                               "address already in use (another 6bed4peer running?)") from None
                 raise
             cleanup.callback(sock.close)
-            record = undo.resume("peer", settings.tun_name)
-            if record is not None:
-                cleanup.callback(record.close)
-            tun = Tun.open(settings.tun_name, create=settings.create_tun)
-            cleanup.callback(tun.close)
-            setup = netlink.InterfaceSetup(tun.name, record)
-            cleanup.callback(setup.close)
-            cleanup.callback(setup.undo)
+            tun, setup = undo.open_tun("peer", settings.tun_name, settings.create_tun, cleanup)
             configure_tun(setup)
             hook = Hook(settings.hook)
             applier = LeaseApplier(setup, config, hook)

@@ -19,7 +19,7 @@ from ..io import service
 from ..io.datapath import Datapath, DatapathError
 from ..io.hostaddr import HostIPv4Watch, host_ipv4s
 from ..io.metrics import CountersCollector, MetricsError
-from ..io.tun import Tun, TunError
+from ..io.tun import TunError
 from ..io.udp import UdpError, open_udp
 
 log = logging.getLogger("6bed4router")
@@ -132,14 +132,7 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Relo
         try:
             sock = open_udp(*settings.bind)
             cleanup.callback(sock.close)
-            record = undo.resume("router", settings.tun_name)
-            if record is not None:
-                cleanup.callback(record.close)
-            tun = Tun.open(settings.tun_name, create=settings.create_tun)
-            cleanup.callback(tun.close)
-            setup = netlink.InterfaceSetup(tun.name, record)
-            cleanup.callback(setup.close)
-            cleanup.callback(setup.undo)
+            tun, setup = undo.open_tun("router", settings.tun_name, settings.create_tun, cleanup)
             configure_tun(setup, config, settings.prefix_route)
             listen = addr.format_ipv4(config.ipv4)
             watch = netlink.LinkWatch.tun_and_uplink(setup, listen)
