@@ -58,6 +58,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
                      fast_path=args.fast_path)
 
 
+def cmd_take_back(args: argparse.Namespace) -> int:
+    from .io import undo
+
+    for line in undo.take_back_left(args.daemon):
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = cliutil.Parser(prog="6bed4", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -93,6 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: two router hosts behind one anycast address, announced by BIRD to an upstream "
                         "that spreads the traffic over them (ECMP), and a router killed while flows run")
     p.set_defaults(func=cmd_demo)
+
+    p = commands.add_parser(
+        "take-back",
+        help="take back what a killed 6bed4router or 6bed4peer left in this network namespace (root)",
+        description="Undo the changes (sysctls, link settings, addresses, routes, proxy entries) that a killed "
+                    "6bed4router or 6bed4peer of this network namespace left, from its undo record in "
+                    "/run/sixbed4; a running daemon's record is left alone.  The units run it when the daemon "
+                    "has ended (ExecStopPost=), so a daemon that systemd does not start again leaves nothing "
+                    "behind; the next start of a daemon does the same.",
+    )
+    p.add_argument("daemon", choices=("router", "peer"), help="whose records")
+    p.set_defaults(func=cmd_take_back)
 
     from .anycast import cli as anycast_cli
     from .hostsetup import cli as hostsetup_cli  # host-setup, proxy-nd

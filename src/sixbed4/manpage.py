@@ -180,13 +180,14 @@ def sections(name: str, parser: argparse.ArgumentParser) -> list[tuple[str, list
                           "Type=notify: ready " + ("when it serves" if name == "6bed4router"
                                                    else "once the router has given it an address")
                         + "; systemctl reload sends SIGHUP; WatchdogSec=: killed and started again when its "
-                          "data path stalls (see ENVIRONMENT)"),
+                          "data path stalls (see ENVIRONMENT); ExecStopPost=: 6bed4 take-back "
+                        + name.removeprefix("6bed4") + " once it has ended"),
                  (SYSUSERS, "creates the user _sixbed4 at installation")]
         daemon_name = name.removeprefix("6bed4")
         files.append((f"{undo.RUN_DIR}/{daemon_name}-NETNS-TUN.undo",
                       "the undo record: each change to the kernel (sysctls, link settings, addresses, routes, proxy "
-                      "entries) written before it is made; the next start takes back what a killed " + daemon_name
-                      + " left, and refuses to start while another " + daemon_name + " holds it (NETNS: the network "
+                      "entries) written before it is made; the next start (or 6bed4 take-back " + daemon_name
+                      + ") takes back what a killed " + daemon_name + " left; locked while one runs, so that a second one for the same device does not start (NETNS: the network "
                       "namespace's inode, TUN: the device's name); in /run, so gone at a reboot with the changes"))
         files.append(("/var/cache/sixbed4", "the kernel fast path's eBPF object, compiled by clang at the first "
                                             "start (the unit's CacheDirectory=; else $XDG_CACHE_HOME/sixbed4 "

@@ -177,8 +177,8 @@ def test_router_exits_when_its_proxy_nd_interface_is_deleted(net):
 
 def test_existing_device_keeps_nothing_after_kills_restarts_and_a_clean_stop(net):
     """-d: a SIGKILLed router leaves its addresses, route and sysctls; the next start takes them back from its
-    undo record before it sets up again, and a clean stop leaves the device as it was, however many SIGKILLs
-    and restarts came before."""
+    undo record before it sets up again, or `6bed4 take-back router` does (the unit's ExecStopPost=), and a
+    clean stop leaves the device as it was, however many SIGKILLs and restarts came before."""
     lab, ns = net.lab, net.router
     lab.sh(ns, "ip tuntap add dev tun6 mode tun")
     sysctls = "addr_gen_mode accept_ra autoconf"
@@ -202,13 +202,21 @@ def test_existing_device_keeps_nothing_after_kills_restarts_and_a_clean_stop(net
         router = net.start_router("-d", "tun6", name=f"router-{run}")
         assert "address 2001:db8:9:10:c000:201:64be:0/128" in ours() and f"route {topology.PREFIX}" in ours()
         assert settings().split() == ["1", "0", "0"]
-        assert ("took back 7 change(s) that a killed router" in lab.log(f"router-{run}")) == (run > 0)
+        assert ("took back 7 change(s) that a killed router" in lab.log(f"router-{run}")) == (run == 1)
         assert Lab.stop(router, sig) == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
         if sig == signal.SIGKILL:
             assert ours() and record.exists(), "a SIGKILL leaves them (nothing runs to remove them)"
+        if run == 1:
+            assert f"took back 7 change(s) that a killed router (pid {router.pid}) left on tun6" in take_back(lab, ns)
+            assert ours() == [] and (settings(), link()) == before and not record.exists()
     assert ours() == [] and (settings(), link()) == before
     assert not record.exists()
     assert lab.has_link(ns, "tun6")  # the device itself was there before: it stays
+
+
+def take_back(lab: Lab, ns: str) -> str:
+    """What `6bed4 take-back router` says in `ns`."""
+    return lab.sh(ns, f"{sys.executable} -m sixbed4.cli take-back router").stdout
 
 
 def undo_record(lab: Lab, ns: str, daemon: str, tun: str) -> Path:
@@ -226,4 +234,5 @@ def test_a_second_daemon_for_the_same_tun_device_is_refused(net):
     assert second.wait(10) == 2
     assert (f"another router (pid {first.pid}) runs with the TUN device 6bed4 in this network namespace"
             in lab.log("second"))
+    assert take_back(lab, ns) == ""  # nor does take-back touch a running router's changes
     assert first.poll() is None and "2001:db8:9:10:c000:201:64be:0" in lab.sh(ns, "ip -6 addr show dev 6bed4").stdout

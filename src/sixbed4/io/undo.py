@@ -147,8 +147,10 @@ class UndoRecord:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder, _ = outstanding(_read(fd), boot_id(), netns_cookie())
-                os.close(fd)
+                try:
+                    holder, _ = outstanding(_read(fd), boot_id(), netns_cookie())
+                finally:
+                    os.close(fd)
                 pid = f" (pid {holder['pid']})" if holder and "pid" in holder else ""
                 raise UndoBusy(0, f"another {daemon}{pid} runs with the TUN device {tun} in this network "
                                   f"namespace; it holds {path}") from None
@@ -162,9 +164,17 @@ class UndoRecord:
             raise
         return cls(path, fd, left, header)
 
+    def take_back(self, daemon: str, tun: str) -> str | None:
+        """Undo what the predecessor left; what to log about it, None if it left nothing."""
+        if not self.left_behind:
+            return None
+        undone, gone = netlink.take_back(self.left_behind)
+        self.left_behind = []
+        pid = (self.predecessor or {}).get("pid", "?")
+        return f"took back {undone} change(s) that a killed {daemon} (pid {pid}) left on {tun} ({gone} gone already)"
+
     def start(self, daemon: str) -> None:
         """A new record for this run: the predecessor's is taken back by now."""
-        self.left_behind = []
         self._header = {"format": FORMAT, "daemon": daemon, "pid": os.getpid(), "boot": boot_id(),
                         "netns": netns_cookie()}
         self._rewrite()
@@ -247,13 +257,35 @@ def resume(daemon: str, tun: str, directory: Path = RUN_DIR) -> UndoRecord | Non
         log.warning("cannot keep an undo record in %s: %s; if this daemon is killed, its changes stay",
                     directory, exc.strerror or exc)
         return None
-    if record.left_behind:
-        pid = (record.predecessor or {}).get("pid", "?")
-        undone, gone = netlink.take_back(record.left_behind)
-        log.warning("took back %d change(s) that a killed %s (pid %s) left on %s (%d gone already)",
-                    undone, daemon, pid, tun, gone)
+    news = record.take_back(daemon, tun)
+    if news:
+        log.warning("%s", news)
     record.start(daemon)
     return record
+
+
+def take_back_left(daemon: str, directory: Path = RUN_DIR) -> list[str]:
+    """Take back what killed daemons of this kind left in this network namespace; one line per record.
+
+    For the units' ExecStopPost=: systemd runs it whenever the daemon has
+    ended, also when it will not start it again.  A running daemon's record
+    (locked) is left alone.
+    """
+    lines = []
+    stem = f"{daemon}-{os.stat('/proc/self/ns/net').st_ino}-"
+    for path in sorted(directory.glob(f"{stem}*.undo")):
+        tun = path.name[len(stem):-len(".undo")]
+        try:
+            record = UndoRecord.open(daemon, tun, directory)
+        except UndoBusy:
+            continue
+        try:
+            news = record.take_back(daemon, tun)
+        finally:
+            record.close()
+        if news:
+            lines.append(news)
+    return lines
 
 
 def open_tun(daemon: str, name: str, create: bool, cleanup: contextlib.ExitStack) -> tuple[Tun, netlink.InterfaceSetup]:

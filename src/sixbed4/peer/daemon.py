@@ -56,8 +56,8 @@ SIGNALS = {
     signal.SIGKILL: (None, "the kernel removes the TUN device the peer created, with its address and routes, and the "
                            "fast path's tcx links, and ends dnsmasq; the hook is not told, so offers it made stay "
                            "until the next start's del-offers; the rest (-d's device settings, the LAN's addresses, "
-                           "routes, proxy entry and forwarding) stays until the next start takes it back (see FILES: "
-                           "the undo record)"),
+                           "routes, proxy entry and forwarding) stays until the next start or 6bed4 take-back peer (the "
+                           "unit's ExecStopPost=) takes it back (see FILES: the undo record)"),
 }
 LIVE_SETTINGS = frozenset({"hook"})  # what a reload changes in a running peer
 

@@ -41,7 +41,8 @@ SIGNALS = {
     signal.SIGKILL: (None, "the kernel removes the TUN device the router created, with its addresses and routes "
                            "(the --anycast-table announcement too, which BIRD then withdraws), and the fast "
                            "path's tcx links, so a restart works at once; with -d the router's addresses, route and "
-                           "device settings stay until the next start takes them back (see FILES: the undo record)"),
+                           "device settings stay until the next start or 6bed4 take-back router (the unit's ExecStopPost=) takes "
+                           "them back (see FILES: the undo record)"),
 }
 
 
