@@ -151,7 +151,9 @@ def test_router_sigkill_and_restart_under_iperf3(net, router, peers):  # noqa: F
     outage = sum(end - start for start, end in silent)
     print(f"iperf3 receiver silent for {outage:.1f}s in {len(silent)} intervals")
     assert outage <= (ready - killed) + RESUME_LIMIT
-    assert report["intervals"][-1]["sum"]["bytes"] > 0  # the stream was flowing again at its end
+    # the stream was flowing again at its end (in its last half second: on a loaded machine the receiver's
+    # very last 0.1 s interval can be the empty tail after the sender's last datagram)
+    assert any(interval["sum"]["bytes"] > 0 for interval in report["intervals"][-5:])
     assert address(lab, client.ns) == before  # no action on the peer
 
     assert Lab.stop(net.router_proc) == 0
