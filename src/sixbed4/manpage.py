@@ -23,8 +23,8 @@ from . import cli, cliutil, config
 from .core.stats import DROP_REASONS, Counters
 from .hostsetup import apply as hostsetup_apply
 from .hostsetup import cli as hostsetup_cli
-from .io.metrics import CountersCollector
 from .io import undo
+from .io.metrics import CountersCollector
 from .io.service import ENVIRONMENT
 from .peer import daemon as peer_daemon
 from .router import daemon as router_daemon
@@ -172,6 +172,7 @@ def sections(name: str, parser: argparse.ArgumentParser) -> list[tuple[str, list
         exits = cliutil.DAEMON_EXIT_STATUS
         environment = _entries(ENVIRONMENT.items())
         configuration = _configuration(parser, name)
+        daemon_name = name.removeprefix("6bed4")
         files = [(etc, f"the settings {UNITS[name]} gives {name} (--config); an example with every key"),
                  ("/dev/net/tun", "opened as root before the switch to --user, so its mode may be 0600"),
                  (unit, f"runs {name} as root with CAP_NET_ADMIN"
@@ -181,14 +182,14 @@ def sections(name: str, parser: argparse.ArgumentParser) -> list[tuple[str, list
                                                    else "once the router has given it an address")
                         + "; systemctl reload sends SIGHUP; WatchdogSec=: killed and started again when its "
                           "data path stalls (see ENVIRONMENT); ExecStopPost=: 6bed4 take-back "
-                        + name.removeprefix("6bed4") + " once it has ended"),
+                        + daemon_name + " once it has ended"),
                  (SYSUSERS, "creates the user _sixbed4 at installation")]
-        daemon_name = name.removeprefix("6bed4")
         files.append((f"{undo.RUN_DIR}/{daemon_name}-NETNS-TUN.undo",
                       "the undo record: each change to the kernel (sysctls, link settings, addresses, routes, proxy "
                       "entries) written before it is made; the next start (or 6bed4 take-back " + daemon_name
-                      + ") takes back what a killed " + daemon_name + " left; locked while one runs, so that a second one for the same device does not start (NETNS: the network "
-                      "namespace's inode, TUN: the device's name); in /run, so gone at a reboot with the changes"))
+                      + ") takes back what a killed " + daemon_name + " left; locked while one runs, so that a "
+                      "second one for the same device does not start (NETNS: the network namespace's inode, "
+                      "TUN: the device's name); in /run, so gone at a reboot with the changes"))
         files.append(("/var/cache/sixbed4", "the kernel fast path's eBPF object, compiled by clang at the first "
                                             "start (the unit's CacheDirectory=; else $XDG_CACHE_HOME/sixbed4 "
                                             "or ~/.cache/sixbed4)"))

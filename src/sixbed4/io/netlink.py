@@ -121,8 +121,8 @@ class InterfaceSetup:
         if self.record:
             self.record.gone(change.record())
 
-    def _make(self, change: _Change, make: Callable[[], bool], adopt: bool = False) -> None:
-        """Record the change, then make it (`make` says False if it was in place already).
+    def _make(self, change: _Change, make: Callable[[], bool | None], adopt: bool = False) -> None:
+        """Record the change, then make it (`make` returns False if it was in place already).
 
         Recorded first, so that a kill between the two leaves a record of
         nothing rather than a change without one.  The record goes again if the
@@ -136,7 +136,7 @@ class InterfaceSetup:
             if new:
                 self._drop(change)
             raise
-        if new and not made and not adopt:
+        if new and made is False and not adopt:
             self._drop(change)
 
     def set_sysctl(self, leaf: str, value: str, *, interface: str | None = None) -> None:
@@ -145,7 +145,7 @@ class InterfaceSetup:
         old = read_sysctl(key)
         if old != value:
             change = self._change("sysctl", dict(key=key, old=old), on_device=interface is None)
-            self._make(change, lambda: write_sysctl(key, value) or True)
+            self._make(change, lambda: write_sysctl(key, value))
 
     def link_up(self, mtu: int, queue: int = TUN_QUEUE) -> None:
         """MTU, transmit queue length and state up.
@@ -161,7 +161,7 @@ class InterfaceSetup:
         if old != dict(mtu=mtu, txqlen=queue, state="up"):
             self._make(self._change("link", dict(index=self.index, **old)),
                        lambda: self._call("setting MTU, queue length and state up", "link", "set", index=self.index,
-                                          mtu=mtu, txqlen=queue, state="up") or True)
+                                          mtu=mtu, txqlen=queue, state="up"))
 
     def mac(self) -> bytes | None:
         """The interface's 6-byte hardware address, or None (a TUN device has none)."""

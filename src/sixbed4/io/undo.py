@@ -61,10 +61,18 @@ def netns_cookie() -> int:
         return int.from_bytes(probe.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
 
 
+def _file_name(daemon: str, inode: int, tun: str) -> str:
+    """<daemon>-<netns inode>-<tun>.undo: one per daemon, TUN device and namespace (inodes are reused once a
+    namespace is gone, hence the cookie inside); with "*" for daemon or tun, a glob pattern."""
+    return f"{daemon}-{inode}-{tun}.undo"
+
+
+def _this_netns() -> int:
+    return os.stat("/proc/self/ns/net").st_ino
+
+
 def record_path(directory: Path, daemon: str, tun: str) -> Path:
-    """<dir>/<daemon>-<netns inode>-<tun>.undo: one per daemon, TUN device and namespace (inodes are reused
-    once a namespace is gone, hence the cookie inside)."""
-    return directory / f"{daemon}-{os.stat('/proc/self/ns/net').st_ino}-{tun}.undo"
+    return directory / _file_name(daemon, _this_netns(), tun)
 
 
 def forget_namespace(name: str, directory: Path = RUN_DIR) -> None:
@@ -74,7 +82,7 @@ def forget_namespace(name: str, directory: Path = RUN_DIR) -> None:
         inode = os.stat(f"/run/netns/{name}").st_ino
     except OSError:
         return
-    for path in directory.glob(f"*-{inode}-*.undo"):
+    for path in directory.glob(_file_name("*", inode, "*")):
         path.unlink(missing_ok=True)
 
 
@@ -148,7 +156,7 @@ class UndoRecord:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 try:
-                    holder, _ = outstanding(_read(fd), boot_id(), netns_cookie())
+                    holder, _ = _contents(fd)
                 finally:
                     os.close(fd)
                 pid = f" (pid {holder['pid']})" if holder and "pid" in holder else ""
@@ -158,7 +166,7 @@ class UndoRecord:
                 break
             os.close(fd)  # its holder removed it at a clean stop while we waited: open the new one
         try:
-            header, left = outstanding(_read(fd), boot_id(), netns_cookie())
+            header, left = _contents(fd)
         except BaseException:
             os.close(fd)
             raise
@@ -234,12 +242,13 @@ class UndoRecord:
         self._fd = -1
 
 
-def _read(fd: int) -> str:
+def _contents(fd: int) -> tuple[dict | None, list[dict]]:
+    """outstanding() of the record behind `fd`, for this boot and namespace."""
     os.lseek(fd, 0, os.SEEK_SET)
     chunks = []
     while chunk := os.read(fd, 1 << 16):
         chunks.append(chunk)
-    return b"".join(chunks).decode(errors="replace")
+    return outstanding(b"".join(chunks).decode(errors="replace"), boot_id(), netns_cookie())
 
 
 def resume(daemon: str, tun: str, directory: Path = RUN_DIR) -> UndoRecord | None:
@@ -272,9 +281,9 @@ def take_back_left(daemon: str, directory: Path = RUN_DIR) -> list[str]:
     (locked) is left alone.
     """
     lines = []
-    stem = f"{daemon}-{os.stat('/proc/self/ns/net').st_ino}-"
-    for path in sorted(directory.glob(f"{stem}*.undo")):
-        tun = path.name[len(stem):-len(".undo")]
+    prefix, suffix = _file_name(daemon, _this_netns(), "*").split("*")
+    for path in sorted(directory.glob(prefix + "*" + suffix)):
+        tun = path.name[len(prefix):-len(suffix)]
         try:
             record = UndoRecord.open(daemon, tun, directory)
         except UndoBusy:
