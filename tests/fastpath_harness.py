@@ -17,6 +17,8 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
+import pytest
+
 from sixbed4.core import icmp6
 from tests.netlab import ROOT
 
@@ -172,13 +174,20 @@ class PacketMaker:
         return bytes(frame)
 
 
+# The two builds of the programs: for Linux 6.6+, and for 5.10-6.5 (COMPAT_5_10), which loads here too.
+KERNELS = ("6.6", "5.10")
+
+
 @contextlib.contextmanager
-def loaded(fast_path_class, tag: str, ipv4_interface: str):
-    """The programs of `fast_path_class`, loaded in a namespace of their own whose uplink up0 has
-    `ipv4_interface` (BPF_PROG_TEST_RUN takes the frames as if they arrived there): (fast path, up0's index)."""
+def loaded(fast_path_class, tag: str, ipv4_interface: str, kernel: str):
+    """The programs of `fast_path_class` as built for `kernel` (one of KERNELS), loaded in a namespace
+    of their own whose uplink up0 has `ipv4_interface` (BPF_PROG_TEST_RUN takes the frames as if they
+    arrived there): (fast path, up0's index)."""
+    from sixbed4.fastpath.loader import KERNEL_OVERRIDE
     from tests.netlab import Lab
 
-    with Lab(tag) as lab:
+    with Lab(tag) as lab, pytest.MonkeyPatch.context() as patch:
+        patch.setenv(KERNEL_OVERRIDE, kernel)
         ns = lab.ns("node")
         lab.sh(ns, "ip link add up0 type veth peer name up1 && ip link set up0 address 02:00:00:00:00:01"
                    f" && ip link set up0 up && ip link set up1 up && ip addr add {ipv4_interface} dev up0")

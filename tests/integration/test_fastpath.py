@@ -3,8 +3,11 @@
 The router's other namespace tests run with the fast path on and off (the
 `fast_path` fixture); these check what only the fast path has: the kernel's
 own counters, the hop limit through the kernel, checksums of datagrams it
-built, tcx links that go with the process, two routers on one host, and
-`--fast-path on/auto` where it cannot be used.
+built, hooks that go with the process or are taken back after a kill, two
+routers on one host, and `--fast-path on/auto` where it cannot be used.
+
+Each runs twice: as on Linux 6.6+ (tcx links, the programs for 6.6) and as on
+5.10-6.5, Debian 12's 6.1 among them (clsact filters, the COMPAT_5_10 build).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from scapy.layers.inet import UDP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6TimeExceeded, IPv6
 
 from sixbed4.core import addr
+from sixbed4.fastpath.loader import KERNEL_OVERRIDE
 from tests.integration import topology
 from tests.integration.sixclient import SixClient
 from tests.integration.test_peer import address, launch_peer, ping, wait_for_address
@@ -30,8 +34,16 @@ from tests.netlab import ROOT, Lab
 METRICS = "http://127.0.0.1:9642/metrics"
 
 
+@pytest.fixture(scope="module", autouse=True, params=["6.6", "5.10"], ids=["tcx", "clsact"])
+def kernel(request):
+    """The kernel the daemons started in these tests take this one for (KERNEL_OVERRIDE)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(KERNEL_OVERRIDE, request.param)
+        yield request.param
+
+
 @pytest.fixture(scope="module")
-def net():
+def net(kernel):
     with Lab("fp") as lab:
         topo = topology.build(lab, ("cl1", "cl2", "mob"), "on")
         topo.start_router("--metrics", "127.0.0.1:9642")
@@ -63,15 +75,21 @@ def delta(before: dict, after: dict) -> dict:
     return {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)}
 
 
-def links_of(log: str) -> list[int]:
-    """The tcx link ids the router said it attached."""
-    found = re.findall(r"tcx links ([\d, ]+)", log)
-    assert found, log
-    return [int(n) for n in found[-1].split(", ")]
+def hooks_of(lab: Lab, ns: str, log: str) -> set[str]:
+    """The hooks the router's log says it attached, as far as they are still there: for tcx, the
+    ids of the links; for clsact, the names of the filters (program name and id)."""
+    tcx = re.findall(r"tcx links ([\d, ]+)", log)
+    if tcx:
+        links = tcx[-1].split(", ")
+        return {link for link in links if lab.sh(ns, f"bpftool link show id {link}", check=False).returncode == 0}
+    assert "tc filters (clsact) pref" in log, log
+    return filters(lab, ns)
 
 
-def link_exists(lab: Lab, ns: str, link: int) -> bool:
-    return lab.sh(ns, f"bpftool link show id {link}", check=False).returncode == 0
+def filters(lab: Lab, ns: str) -> set[str]:
+    """The names of the BPF filters on the uplink's ingress and the TUN device's egress."""
+    shown = lab.sh(ns, "tc filter show dev eth1 ingress; tc filter show dev 6bed4 egress 2>/dev/null", check=False)
+    return set(re.findall(r"\b(\w+:\[\d+\])", shown.stdout))
 
 
 def test_both_directions_go_through_the_kernel_with_one_hop_limit_decrement(net, clients):
@@ -153,15 +171,21 @@ def test_our_peer_works_through_the_fast_path(net):
             Lab.stop(proc)
 
 
-def test_sigkill_leaves_nothing_attached_and_a_restart_takes_over(net, clients):
+def test_after_sigkill_nothing_stale_stays_attached_and_a_restart_takes_over(net, clients, kernel):
     lab = net.lab
-    old = links_of(lab.log("router"))
-    assert all(link_exists(lab, net.router, link) for link in old)
+    old = hooks_of(lab, net.router, lab.log("router"))
+    assert len(old) == 2, old
     Lab.stop(net.router_proc, signal.SIGKILL)
-    assert not any(link_exists(lab, net.router, link) for link in old)  # the links went with the process
+    left = hooks_of(lab, net.router, lab.log("router"))
+    if kernel == "6.6":
+        assert not left  # the links went with the process
+    else:  # the TUN device went with the process, and its filter; the uplink's stays, in the record
+        assert left == {name for name in old if name.startswith("uplink_in:")}, (old, left)
     net.start_router("--metrics", "127.0.0.1:9642", name="router-restarted")
-    new = links_of(lab.log("router-restarted"))
-    assert all(link_exists(lab, net.router, link) for link in new) and not set(new) & set(old)
+    new = hooks_of(lab, net.router, lab.log("router-restarted"))
+    assert len(new) == 2 and not new & old, (old, new)  # the old filter was taken back before
+    if kernel != "6.6":
+        assert "took back 2 change(s) that a killed router" in lab.log("router-restarted")  # filter, clsact
     client = clients("mob")
     client.solicit()
     client.ping(topology.INET6, seq=9)
@@ -169,7 +193,8 @@ def test_sigkill_leaves_nothing_attached_and_a_restart_takes_over(net, clients):
     assert kernel_counters(net)["to_tun"] == 1  # one new router, one kernel path: each packet handled once
 
     Lab.stop(net.router_proc)  # SIGTERM: detached on the way out
-    assert not any(link_exists(lab, net.router, link) for link in new)
+    assert not hooks_of(lab, net.router, lab.log("router-restarted")) and not filters(lab, net.router)
+    assert "clsact" not in lab.sh(net.router, "tc qdisc show dev eth1").stdout  # added by the router, removed
     assert "fast path detached; the kernel took " in lab.log("router-restarted")
     net.start_router("--metrics", "127.0.0.1:9642", name="router-again")
 

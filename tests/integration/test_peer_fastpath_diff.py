@@ -23,7 +23,7 @@ from sixbed4.core import addr
 from sixbed4.core.peer import PeerConfig, PeerCore
 from sixbed4.core.router import SEND, TUN
 from sixbed4.fastpath.loader import PeerFastPath
-from tests.fastpath_harness import TTL, PacketMaker, Tally, datagram, loaded, recorded_packets, routed
+from tests.fastpath_harness import KERNELS, TTL, PacketMaker, Tally, datagram, loaded, recorded_packets, routed
 from tests.unit.test_peer_core import pio, ra
 
 LOCAL_V4, LOCAL_PORT = addr.parse_ipv4("10.0.1.2"), 40000
@@ -41,9 +41,9 @@ def lease_ra(prefix114: bytes) -> bytes:
     return bytes(ra(pio(addr.format_address(prefix114))))
 
 
-@pytest.fixture(scope="module")
-def fastpath():
-    with loaded(PeerFastPath, "pfd", "10.0.1.2/24") as (fast, uplink_index):
+@pytest.fixture(scope="module", params=KERNELS, ids=[f"programs-for-{k}" for k in KERNELS])
+def fastpath(request):
+    with loaded(PeerFastPath, "pfd", "10.0.1.2/24", request.param) as (fast, uplink_index):
         yield PeerDifferential(fast, uplink_index)
 
 

@@ -12,7 +12,7 @@ from sixbed4.core import addr
 from sixbed4.core.router import RouterConfig
 from sixbed4.core.stats import Counters
 from sixbed4.fastpath import build, control
-from sixbed4.fastpath.loader import FastPathError
+from sixbed4.fastpath.loader import ClsactHooks, FastPathError
 from sixbed4.io.metrics import CountersCollector
 
 CONFIG = RouterConfig(prefix=bytes.fromhex("20010db800090010"), ipv4=addr.parse_ipv4("192.0.2.1"))
@@ -34,7 +34,7 @@ def test_on_fails_and_auto_logs_why(bind, uplink, reason, caplog):
     log = logging.getLogger("6bed4router")
 
     def attach():
-        return control.router(CONFIG, bind, "6bed4", uplink, never_called)
+        return control.router(CONFIG, bind, "6bed4", uplink, never_called, None)
 
     with pytest.raises(FastPathError, match=reason.replace("(", r"\(").replace(")", r"\)")):
         control.start("on", attach, log)
@@ -51,7 +51,7 @@ def test_a_cached_object_someone_else_could_have_written_is_not_loaded(tmp_path,
     monkeypatch.setattr(build, "_compiler_version", lambda compiler: "clang version 14")
     compiled = []
 
-    def compile_object(source, output, compiler):
+    def compile_object(source, output, compiler, defines=()):
         compiled.append(output)
         output.write_bytes(b"\x7fELF built here")
 
@@ -69,6 +69,8 @@ def test_a_cached_object_someone_else_could_have_written_is_not_loaded(tmp_path,
     source.write_text("int y;")  # another source: another object
     build.build(source)
     assert len(compiled) == 3 and len(list((tmp_path / "cache").glob("prog.bpf-*.o"))) == 2
+    build.build(source, ("COMPAT_5_10",))  # the build for older kernels: another object
+    assert len(compiled) == 4 and len(list((tmp_path / "cache").glob("prog.bpf-*.o"))) == 3
 
 
 def test_the_kernels_counts_are_added_to_the_cores():
@@ -174,3 +176,10 @@ def test_a_peer_whose_programs_cannot_be_updated_takes_them_away(monkeypatch, ca
     assert [r.message for r in caplog.records] == [
         "fast path detached: cannot update its configuration (Cannot allocate memory); all packets take the "
         "Python path"]
+
+
+def test_before_linux_6_6_a_daemon_without_an_undo_record_attaches_no_tc_filter():
+    """A filter outlives a killed daemon; without the record nothing would take it back, and it would go
+    on taking the next daemon's packets."""
+    with pytest.raises(FastPathError, match="undo record"):
+        ClsactHooks(None).attach(3, "eth0", True, "uplink_in")

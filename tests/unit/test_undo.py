@@ -16,6 +16,9 @@ ADDRESS = {"kind": "addr", "spec": {"index": 3, "address": "2001:db8::1", "prefi
            "extra": {"IFA_FLAGS": 2}, "device": ["lan0", 3]}
 PROXY = {"kind": "neigh", "spec": {"dst": "2001:db8::2", "ifindex": 3, "family": 10, "flags": 8}, "extra": {},
          "device": ["lan0", 3]}
+CLSACT = {"kind": "qdisc", "spec": {"index": 2, "kind": "clsact"}, "extra": {}, "device": ["eth0", 2]}
+FILTER = {"kind": "filter", "spec": {"index": 2, "parent": 0xFFFFFFF2, "prio": 0xFB00, "handle": 1,
+                                     "name": "uplink_in:[812]"}, "extra": {}, "device": ["eth0", 2]}
 
 
 def text(*entries) -> str:
@@ -25,6 +28,12 @@ def text(*entries) -> str:
 def test_made_and_not_gone_is_outstanding_oldest_first():
     record = text(HEADER, {"made": SYSCTL}, {"made": ADDRESS}, {"made": PROXY}, {"gone": ADDRESS})
     assert undo.outstanding(record, BOOT, NETNS) == (HEADER, [SYSCTL, PROXY])
+
+
+def test_a_fast_paths_clsact_filter_is_outstanding_until_it_went():
+    record = text(HEADER, {"made": CLSACT}, {"made": FILTER})
+    assert undo.outstanding(record, BOOT, NETNS)[1] == [CLSACT, FILTER]
+    assert undo.outstanding(record + text({"gone": FILTER}, {"gone": CLSACT}), BOOT, NETNS)[1] == []
 
 
 def test_a_change_made_again_after_it_went_is_outstanding_once():
@@ -55,6 +64,11 @@ def test_an_empty_or_foreign_record_leaves_nothing_to_do(record):
     {"kind": "sysctl", "spec": {"key": "net.ipv6.conf.../../../../etc/passwd.x", "old": "0"}},
     {"kind": "sysctl", "spec": {"key": "kernel.core_pattern", "old": "core"}},
     {"kind": "sysctl", "spec": {"key": "net.ipv6.conf.all.forwarding", "old": 0}},
+    {**CLSACT, "spec": {"index": 2, "kind": "htb"}},  # only the clsact qdisc is ever ours
+    {**CLSACT, "device": None},
+    {**FILTER, "spec": {**FILTER["spec"], "parent": 0xFFFFFFFF}},  # not a clsact hook
+    {**FILTER, "spec": {**FILTER["spec"], "name": None}},
+    {**FILTER, "spec": {**FILTER["spec"], "kind": "u32"}},
 ])
 def test_a_change_not_as_interface_setup_writes_it_is_ignored(change):
     assert undo.outstanding(text(HEADER, {"made": change}, {"made": SYSCTL}), BOOT, NETNS)[1] == [SYSCTL]

@@ -72,10 +72,10 @@ def _usable_dir(path: Path) -> bool:
     return _private(path) and os.access(path, os.W_OK)
 
 
-def compile_object(source: Path, output: Path, compiler: str) -> None:
+def compile_object(source: Path, output: Path, compiler: str, defines: tuple[str, ...] = ()) -> None:
     include = f"/usr/include/{sysconfig.get_config_var('MULTIARCH') or ''}".rstrip("/")
     cmd = [compiler, "-O2", "-g", "-target", "bpf", "-Wall", "-Wno-address-of-packed-member",
-           f"-I{include}", "-c", str(source), "-o", str(output)]
+           f"-I{include}", *(f"-D{name}" for name in defines), "-c", str(source), "-o", str(output)]
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -92,10 +92,14 @@ def _text(source: Path) -> bytes:
     return b"".join(path.read_bytes() for path in [source, *headers])
 
 
-def build(source: Path) -> bytes:
-    """The compiled object for `source` (an ELF file's bytes), built now if the cache has none."""
+def build(source: Path, defines: tuple[str, ...] = ()) -> bytes:
+    """The compiled object for `source` (an ELF file's bytes), built now if the cache has none.
+
+    `defines`: macros for the build (COMPAT_5_10: the programs for kernels before 6.6).
+    """
     compiler = clang()
-    digest = hashlib.sha256(_text(source) + _compiler_version(compiler).encode()).hexdigest()[:16]
+    key = _text(source) + _compiler_version(compiler).encode() + " ".join(defines).encode()
+    digest = hashlib.sha256(key).hexdigest()[:16]
     name = f"{source.name.removesuffix('.c')}-{digest}.o"
     for directory in cache_dirs():
         cached = directory / name
@@ -105,7 +109,7 @@ def build(source: Path) -> bytes:
             fd, temporary = tempfile.mkstemp(prefix=".build-", suffix=".o", dir=directory)
             os.close(fd)
             try:
-                compile_object(source, Path(temporary), compiler)
+                compile_object(source, Path(temporary), compiler, defines)
                 os.chmod(temporary, 0o600)
                 os.replace(temporary, cached)  # atomic: a concurrent start sees all or nothing
             finally:
@@ -113,5 +117,5 @@ def build(source: Path) -> bytes:
                     os.unlink(temporary)
             return cached.read_bytes()
     with tempfile.TemporaryDirectory(prefix="sixbed4-bpf-") as private:
-        compile_object(source, Path(private) / name, compiler)
+        compile_object(source, Path(private) / name, compiler, defines)
         return (Path(private) / name).read_bytes()

@@ -63,12 +63,14 @@ struct {
 	__type(value, struct fp_counters);
 } counters SEC(".maps");
 
+#ifndef COMPAT_5_10
 /* The kernel's sk_buff, for its checksum state (CO-RE: the offset from the running kernel's BTF). */
 struct sk_buff___fp {
 	__u8 ip_summed : 2;
 } __attribute__((preserve_access_index));
 
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+#endif
 
 /* A datagram on the uplink, as far as the programs look into it. */
 struct frame {
@@ -127,13 +129,6 @@ static __always_inline long make_linear(struct __sk_buff *skb, __u32 len)
 	return bpf_skb_pull_data(skb, len);
 }
 
-static __always_inline __u8 checksum_state(struct __sk_buff *skb)
-{
-	struct sk_buff___fp *kskb = bpf_cast_to_kern_ctx(skb);
-
-	return BPF_CORE_READ_BITFIELD(kskb, ip_summed);
-}
-
 static __always_inline __u16 fold(__u64 sum)
 {
 	sum = (sum & 0xffffffff) + (sum >> 32);
@@ -142,6 +137,83 @@ static __always_inline __u16 fold(__u64 sum)
 	sum = (sum & 0xffff) + (sum >> 16);
 	return sum;
 }
+
+/*
+ * The packet's checksum state: verified by the NIC (CHECKSUM_UNNECESSARY), or
+ * unfinished (CHECKSUM_PARTIAL: a local sender's, whose transport checksum the
+ * kernel or NIC fills in as it leaves; until then the field holds only the
+ * pseudo header's sum).  From Linux 6.2 the programs read the kernel's
+ * skb->ip_summed.  The build for older kernels (COMPAT_5_10) asks
+ * bpf_csum_level() whether it is verified, and takes a checksum field that
+ * holds just the pseudo header's sum for unfinished: a finished checksum that
+ * equals it by chance (1 in 65536) only sends its packet the slow way.
+ */
+#ifndef COMPAT_5_10
+static __always_inline __u8 checksum_state(struct __sk_buff *skb)
+{
+	struct sk_buff___fp *kskb = bpf_cast_to_kern_ctx(skb);
+
+	return BPF_CORE_READ_BITFIELD(kskb, ip_summed);
+}
+
+static __always_inline int checksum_verified(struct __sk_buff *skb)
+{
+	return checksum_state(skb) == CHECKSUM_UNNECESSARY;
+}
+
+static __always_inline int datagram_unfinished(struct __sk_buff *skb, const struct frame *f)
+{
+	return checksum_state(skb) == CHECKSUM_PARTIAL;
+}
+
+static __always_inline int packet_unfinished(struct __sk_buff *skb, __u32 l2)
+{
+	return checksum_state(skb) == CHECKSUM_PARTIAL;
+}
+#else
+static __always_inline int checksum_verified(struct __sk_buff *skb)
+{
+	return bpf_csum_level(skb, BPF_CSUM_LEVEL_QUERY) >= 0;
+}
+
+static __always_inline int datagram_unfinished(struct __sk_buff *skb, const struct frame *f)
+{
+	return f->udp.check == fold((__u64)f->ip.saddr + f->ip.daddr + bpf_htons(IPPROTO_UDP) + f->udp.len);
+}
+
+/* The IPv6 packet at offset l2 (0 or 14): a TCP or UDP checksum that is the pseudo
+ * header's sum; behind extension headers, where the transport header may be one, too. */
+static __always_inline int packet_unfinished(struct __sk_buff *skb, __u32 l2)
+{
+	struct ipv6hdr *ip6 = (void *)(long)skb->data + (l2 & 0xff);
+	void *end = (void *)(long)skb->data_end;
+	__u16 *check;
+	__u64 sum;
+
+	if ((void *)(ip6 + 1) > end)
+		return 1;
+	switch (ip6->nexthdr) {
+	case IPPROTO_TCP:
+		check = (__u16 *)((__u8 *)(ip6 + 1) + 16);
+		break;
+	case IPPROTO_UDP:
+		check = (__u16 *)((__u8 *)(ip6 + 1) + 6);
+		break;
+	case IPPROTO_HOPOPTS:
+	case IPPROTO_ROUTING:
+	case IPPROTO_DSTOPTS:
+		return 1;
+	default:
+		return 0; /* no transport checksum a sender leaves unfinished */
+	}
+	if ((void *)(check + 1) > end)
+		return 1;
+	sum = ip6->payload_len + bpf_htons(ip6->nexthdr);
+	for (int i = 0; i < 4; i++)
+		sum += (__u64)ip6->saddr.in6_u.u6_addr32[i] + ip6->daddr.in6_u.u6_addr32[i];
+	return *check == fold(sum);
+}
+#endif
 
 /*
  * Ones' complement sum (unfolded, memory order) of `len` bytes (< 2048) at
@@ -319,16 +391,15 @@ static __always_inline int carried_packet(struct __sk_buff *skb, struct frame *f
  */
 static __always_inline int udp_checksum_right(struct __sk_buff *skb, __u32 n)
 {
-	__u8 summed = checksum_state(skb);
 	struct frame *f;
 	__s64 sum;
 
-	if (summed == CHECKSUM_PARTIAL)
-		return 0; /* from a local sender: its checksum is not there yet */
 	f = (void *)(long)skb->data;
 	if ((void *)(f + 1) > (void *)(long)skb->data_end)
 		return 0;
-	if (!f->udp.check || summed == CHECKSUM_UNNECESSARY)
+	if (datagram_unfinished(skb, f))
+		return 0; /* from a local sender: its checksum is not there yet */
+	if (!f->udp.check || checksum_verified(skb))
 		return 1; /* none (allowed in IPv4), or verified by the NIC */
 	sum = packet_sum(skb, sizeof(struct ethhdr) + sizeof(struct iphdr), n + sizeof(struct udphdr), 0);
 	if (sum < 0)
@@ -342,8 +413,18 @@ static __always_inline int udp_checksum_right(struct __sk_buff *skb, __u32 n)
 /* The outer headers off, and the IPv6 packet into the TUN device's ingress, as a TUN write would. */
 static __always_inline int into_tun(struct __sk_buff *skb, __u32 n, __u32 tun_ifindex)
 {
+#ifndef COMPAT_5_10
 	if (bpf_skb_adjust_room(skb, -(__s32)OUTER_LEN, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV6))
 		return pass(FP_UDP_PASSED);
+#else
+	/* before 6.3 bpf_skb_adjust_room cannot change skb->protocol; bpf_skb_change_proto
+	 * can, and puts 20 bytes (an IPv6 header's room) in front of the IPv4 header: all go */
+	if (bpf_skb_change_proto(skb, bpf_htons(ETH_P_IPV6), 0))
+		return pass(FP_UDP_PASSED);
+	if (bpf_skb_adjust_room(skb, -(__s32)(OUTER_LEN + sizeof(struct ipv6hdr) - sizeof(struct iphdr)),
+				BPF_ADJ_ROOM_MAC, 0))
+		return TCX_DROP; /* changed halfway (out of memory) */
+#endif
 	count(FP_UDP_IN, n, FP_TO_TUN);
 	return bpf_redirect(tun_ifindex, BPF_F_INGRESS);
 }
@@ -402,7 +483,7 @@ static __always_inline int encapsulate(struct __sk_buff *skb, __u32 l2, __u32 n,
 	 * sender's packet whose transport checksum the kernel fills in later (as it leaves)
 	 * goes to the Python path, which reads it finished from the TUN device; after an
 	 * encapsulation here, a virtual device (veth) would hand it on unfinished */
-	if (checksum_state(skb) == CHECKSUM_PARTIAL)
+	if (packet_unfinished(skb, l2))
 		return pass(FP_TUN_PASSED);
 	sum = packet_sum(skb, l2, n, 0);
 	if (sum < 0)

@@ -9,6 +9,7 @@ from ..core import addr
 from ..core.peer import PeerCore
 from ..core.router import RouterConfig
 from ..io import netlink
+from ..io.undo import UndoRecord
 from .loader import FastPath, FastPathError, PeerFastPath, RouterFastPath, ifindex
 
 __all__ = ["MODES", "FastPathError", "start", "close_on_exit", "router", "peer", "PeerFollower"]
@@ -60,11 +61,12 @@ def _attached(fast: FastPath, configure: Callable[[], None], uplink: str, tun: s
 
 
 def router(config: RouterConfig, bind: tuple[str, int], tun: str, uplink: str | None,
-           host_ipv4s: Callable[[], Iterable[bytes]]) -> RouterFastPath:
+           host_ipv4s: Callable[[], Iterable[bytes]], record: UndoRecord | None) -> RouterFastPath:
     """The router's fast path, attached.
 
     `host_ipv4s()` gives the host's IPv4 addresses, which the programs know
-    before they are attached (the daemon keeps them current afterwards).
+    before they are attached (the daemon keeps them current afterwards);
+    `record` is the daemon's undo record.
     """
     bind_ipv4 = addr.parse_ipv4(bind[0])
     if bind_ipv4[0] == 127:
@@ -72,7 +74,7 @@ def router(config: RouterConfig, bind: tuple[str, int], tun: str, uplink: str | 
     if uplink is None:
         raise FastPathError(f"no interface has or routes {addr.format_ipv4(config.ipv4)}: give --uplink")
     source = bind_ipv4 if any(bind_ipv4) else _uplink_ipv4(uplink)
-    fast = RouterFastPath.load()
+    fast = RouterFastPath.load(record)
 
     def configure() -> None:
         fast.configure(config, bind_ipv4, source, ifindex(tun), ifindex(uplink))
@@ -92,12 +94,13 @@ def _uplink_ipv4(uplink: str) -> bytes:
 # --- the peer -----------------------------------------------------------------------
 
 
-def peer(router_endpoint: tuple[str, int], local: tuple[str, int], tun: str) -> PeerFastPath:
+def peer(router_endpoint: tuple[str, int], local: tuple[str, int], tun: str,
+         record: UndoRecord | None) -> PeerFastPath:
     """The peer's fast path, attached to the uplink of the route to the router (it follows: PeerFollower)."""
     route = netlink.route_to(router_endpoint[0])
     if route is None:
         raise FastPathError(f"no route to the router {router_endpoint[0]} (yet)")
-    fast = PeerFastPath.load()
+    fast = PeerFastPath.load(record)
 
     def configure() -> None:
         fast.configure((addr.parse_ipv4(router_endpoint[0]), router_endpoint[1]), local[1], ifindex(tun))

@@ -2,8 +2,9 @@
 
 Objects are opened from the ELF object that clang built, loaded (libbpf does the
 relocations, CO-RE and the verifier's log), and their programs attached as tcx
-links: a link belongs to its file descriptor, so it goes when the process goes,
-also on SIGKILL - nothing is pinned, nothing stale stays attached.
+links (Linux 6.6+): a link belongs to its file descriptor, so it goes when the
+process goes, also on SIGKILL - nothing is pinned, nothing stale stays attached.
+(On older kernels the loader adds tc filters instead, through pyroute2.)
 """
 
 from __future__ import annotations
@@ -186,11 +187,11 @@ def attach_tcx(prog_fd: int, ifindex: int, attach_type: int, what: str) -> int:
     return _check(library().bpf_link_create(prog_fd, ifindex, attach_type, None), what)
 
 
-def link_id(fd: int) -> int:
-    """The kernel's id of a link (as `bpftool link show` lists it)."""
-    info = ctypes.create_string_buffer(64)  # struct bpf_link_info: type, id, prog_id, ...
+def object_id(fd: int) -> int:
+    """The kernel's id of a link or program (as `bpftool link|prog show` lists it)."""
+    info = ctypes.create_string_buffer(256)  # struct bpf_link_info / bpf_prog_info: type, id, ...
     size = ctypes.c_uint32(len(info))
-    _check(library().bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)), "reading a link's id")
+    _check(library().bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)), "reading an object's id")
     return int.from_bytes(info.raw[4:8], "little")
 
 

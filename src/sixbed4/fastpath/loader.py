@@ -3,11 +3,17 @@
 `RouterFastPath.load()` / `PeerFastPath.load()` build (or take from the cache)
 and load the programs of router.bpf.c / peer.bpf.c; `configure()` writes what
 they must know (prefix, addresses, devices) into their maps; `attach()` hooks
-them to the uplink's ingress and the TUN device's egress as tcx links.  The
-links live as long as this process holds their file descriptors: close() (or
-the process's end, even by SIGKILL) detaches them.  Two daemons on one host
-each attach their own links; a program passes what is not its daemon's on to
-the next one (TCX_NEXT).
+them to the uplink's ingress and the TUN device's egress.
+
+From Linux 6.6 the hooks are tcx links, which live as long as this process
+holds their file descriptors: close() (or the process's end, even by SIGKILL)
+detaches them.  From 5.10 to 6.5 (Debian 12's 6.1) they are filters of tc's
+clsact qdisc, and the programs are built for those kernels (COMPAT_5_10 in
+common.bpf.h); a filter stays until it is removed, so each is written into the
+daemon's undo record before it is added, and a killed daemon's are taken back
+with its other changes.  Two daemons on one host each attach their own; a
+program passes what is not its daemon's on to the next one (TCX_NEXT, which is
+tc's TC_ACT_UNSPEC too).
 """
 
 from __future__ import annotations
@@ -20,9 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.router import RouterConfig
+from ..io import netlink
+from ..io.undo import UndoRecord
 from . import build, libbpf
 
-MIN_KERNEL = (6, 6)  # tcx links; bpf_skb_adjust_room's decapsulation flags came in 6.3
+# tcx links; from here the programs also read skb->ip_summed (6.2) and decapsulate with
+# bpf_skb_adjust_room's flags (6.3)
+TCX_KERNEL = (6, 6)
+MIN_KERNEL = (5, 10)  # bpf_redirect_neigh; below TCX_KERNEL: clsact filters, the programs built with COMPAT_5_10
+# Tests set it (e.g. to 5.10) to run the path of an older kernel on a newer one.
+KERNEL_OVERRIDE = "SIXBED4_FASTPATH_KERNEL"
 
 _ZERO_KEY = bytes(4)
 FP_MASQUERADE, FP_TUN_DOWN, FP_LEASED = 1, 2, 4  # enum fp_flags in common.bpf.h
@@ -42,22 +55,65 @@ class Attachment:
 
     uplink: str
     tun: str
-    links: tuple[int, ...]  # the kernel's ids of the tcx links
+    hooks: str  # e.g. "tcx links 12, 13"
     inbound: str  # what the uplink's program takes, e.g. "peers -> router"
     outbound: str
 
     def __str__(self) -> str:
         return (f"tc ingress of {self.uplink} ({self.inbound}) and tc egress of {self.tun} ({self.outbound}), "
-                f"tcx links {', '.join(map(str, self.links))}")
+                f"{self.hooks}")
 
 
 def kernel_release() -> tuple[int, int]:
-    release = os.uname().release
+    """The running kernel's version (or what KERNEL_OVERRIDE says)."""
+    release = os.environ.get(KERNEL_OVERRIDE) or os.uname().release
     try:
         major, minor = release.split(".")[:2]
         return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
     except ValueError:
         return (0, 0)
+
+
+class TcxHooks:
+    """Linux 6.6+: tcx links; a link goes with its file descriptor, also when the process is killed."""
+
+    def attach(self, prog_fd: int, device: str, ingress: bool, name: str) -> int:
+        hook = libbpf.BPF_TCX_INGRESS if ingress else libbpf.BPF_TCX_EGRESS
+        return libbpf.attach_tcx(prog_fd, ifindex(device), hook, f"attaching {name} to {device}")
+
+    def detach(self, link: int) -> None:
+        os.close(link)
+
+    def describe(self, links: list[int]) -> str:
+        return "tcx links " + ", ".join(str(libbpf.object_id(fd)) for fd in links)
+
+
+class ClsactHooks:
+    """Linux 5.10-6.5: filters of the clsact qdisc, in the daemon's undo record (they outlive a killed process)."""
+
+    def __init__(self, record: UndoRecord | None):
+        self.record = record
+
+    def attach(self, prog_fd: int, device: str, ingress: bool, name: str) -> tuple[netlink.InterfaceSetup, dict]:
+        if self.record is None:  # a filter a kill left would go on taking packets, and nothing would remove it
+            raise FastPathError("the kernel needs tc filters (before 6.6), which a daemon without an undo record "
+                                "(/run/sixbed4) could leave behind")
+        setup = netlink.InterfaceSetup(device, self.record)
+        try:
+            spec = setup.add_bpf_filter(netlink.TC_INGRESS if ingress else netlink.TC_EGRESS, prog_fd,
+                                        f"{name}:[{libbpf.object_id(prog_fd)}]")
+        except BaseException:
+            self.detach((setup, None))
+            raise
+        return setup, spec
+
+    def detach(self, hooked: tuple[netlink.InterfaceSetup, dict | None]) -> None:
+        setup = hooked[0]
+        setup.undo()  # the filter, and the clsact qdisc if it added that and nothing else uses it
+        setup.close()
+
+    def describe(self, filters: list[tuple[netlink.InterfaceSetup, dict]]) -> str:
+        return "tc filters (clsact) pref " + ", ".join(str(spec["prio"]) for _, spec in filters)
 
 
 def default_ttl() -> int:
@@ -77,28 +133,35 @@ class FastPath:
     FIELDS: tuple[str, ...]
     INBOUND = OUTBOUND = ""
 
-    def __init__(self, obj: libbpf.BpfObject):
+    def __init__(self, obj: libbpf.BpfObject, hooks: TcxHooks | ClsactHooks):
         self._obj = obj
+        self.hooks = hooks
         self.uplink_in = obj.program_fd("uplink_in")
         self.tun_out = obj.program_fd("tun_out")
         self._config = obj.map_fd("config")
         self._counters = obj.map_fd("counters")
         self._cpus = libbpf.possible_cpus()
         self._fields: dict[str, object] = {}
-        self._links: list[int] = []
+        self._hooked: list = []  # [uplink's, TUN device's], as self.hooks attached them
         self.attachment: Attachment | None = None
 
     @classmethod
-    def load(cls):
-        """Build and load the programs; FastPathError says why not."""
-        if kernel_release() < MIN_KERNEL:
-            raise FastPathError("kernel %s is too old (needs %d.%d: tcx links)" % (os.uname().release, *MIN_KERNEL))
+    def load(cls, record: UndoRecord | None = None):
+        """Build and load the programs for the running kernel; FastPathError says why not.
+
+        `record`: the daemon's undo record, where filters are written before
+        they are added (kernels before TCX_KERNEL).
+        """
+        kernel = kernel_release()
+        if kernel < MIN_KERNEL:
+            raise FastPathError("kernel %s is too old (needs %d.%d)" % (os.uname().release, *MIN_KERNEL))
+        modern = kernel >= TCX_KERNEL
         try:
-            elf = build.build(cls.SOURCE)
+            elf = build.build(cls.SOURCE, () if modern else ("COMPAT_5_10",))
         except build.BuildError as exc:
             raise FastPathError(str(exc)) from None
         try:
-            return cls(libbpf.BpfObject(elf))
+            return cls(libbpf.BpfObject(elf), TcxHooks() if modern else ClsactHooks(record))
         except libbpf.BpfError as exc:
             if exc.errno == errno.ENOENT and "libbpf" in str(exc):
                 raise FastPathError(str(exc)) from None
@@ -149,20 +212,18 @@ class FastPath:
         """Hook the programs to the devices (by name); FastPathError says what failed."""
         _require_ethernet(uplink)
         try:
-            for prog, device, hook in ((self.uplink_in, uplink, libbpf.BPF_TCX_INGRESS),
-                                       (self.tun_out, tun, libbpf.BPF_TCX_EGRESS)):
-                index = ifindex(device)
-                self._links.append(libbpf.attach_tcx(prog, index, hook, f"attaching to {device}"))
+            for prog, device, ingress, name in ((self.uplink_in, uplink, True, "uplink_in"),
+                                                (self.tun_out, tun, False, "tun_out")):
+                self._hooked.append(self.hooks.attach(prog, device, ingress, name))
         except (libbpf.BpfError, OSError) as exc:
             self.detach()
-            if exc.errno == errno.EINVAL:
+            if exc.errno == errno.EINVAL and isinstance(self.hooks, TcxHooks):
                 raise FastPathError(f"{exc} (the kernel has no tcx hooks?)") from None
             raise FastPathError(str(exc)) from None
         return self._attached_to(uplink, tun)
 
     def _attached_to(self, uplink: str, tun: str) -> Attachment:
-        self.attachment = Attachment(uplink, tun, tuple(libbpf.link_id(fd) for fd in self._links),
-                                     self.INBOUND, self.OUTBOUND)
+        self.attachment = Attachment(uplink, tun, self.hooks.describe(self._hooked), self.INBOUND, self.OUTBOUND)
         return self.attachment
 
     def move_uplink(self, uplink: str) -> Attachment:
@@ -171,16 +232,16 @@ class FastPath:
             return self.attachment
         _require_ethernet(uplink)
         try:
-            link = libbpf.attach_tcx(self.uplink_in, ifindex(uplink), libbpf.BPF_TCX_INGRESS, f"attaching to {uplink}")
+            hooked = self.hooks.attach(self.uplink_in, uplink, True, "uplink_in")
         except (libbpf.BpfError, OSError) as exc:
             raise FastPathError(str(exc)) from None
-        os.close(self._links[0])
-        self._links[0] = link
+        self.hooks.detach(self._hooked[0])
+        self._hooked[0] = hooked
         return self._attached_to(uplink, self.attachment.tun)
 
     def detach(self) -> None:
-        while self._links:
-            os.close(self._links.pop())
+        while self._hooked:
+            self.hooks.detach(self._hooked.pop())
         self.attachment = None
 
     def test_run(self, program: int, frame: bytes, ifindex: int = 0) -> tuple[int, bytes]:
@@ -206,8 +267,8 @@ class RouterFastPath(FastPath):
               "uplink_ifindex", "l2_len")
     INBOUND, OUTBOUND = "peers -> router", "router -> peers"
 
-    def __init__(self, obj: libbpf.BpfObject):
-        super().__init__(obj)
+    def __init__(self, obj: libbpf.BpfObject, hooks: TcxHooks | ClsactHooks):
+        super().__init__(obj, hooks)
         self._host_ipv4s = obj.map_fd("host_ipv4s")
         self._masq_hosts = obj.map_fd("masq_hosts")
 

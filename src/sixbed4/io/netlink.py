@@ -44,6 +44,10 @@ IFF_UP = 0x1
 NTF_PROXY = 0x08
 RTN_UNICAST, RTN_UNREACHABLE = 1, 7
 SIOCGIFFLAGS = 0x8913
+TC_INGRESS, TC_EGRESS = 0xFFFFFFF2, 0xFFFFFFF3  # clsact's two hooks (parents ffff:fff2, ffff:fff3)
+# where add_bpf_filter puts its filters: after those tc numbers itself (49152 and down), so they run first
+BPF_FILTER_PRIORITIES = range(0xFB00, 0xFB40)
+BPF_FILTER_HANDLE = 1
 
 
 class NetlinkSetupError(OSError):
@@ -74,8 +78,10 @@ def write_sysctl(key: str, value: str) -> None:
 class _Change:
     """One change InterfaceSetup made: how to take it back, and (addresses, routes) how to make it again."""
 
-    kind: str  # "sysctl", "link" (MTU, queue, state), "addr", "route" or "neigh" (a proxy entry)
-    spec: dict  # sysctl: key and old value; link: the old settings; addr, route: the arguments of add and del
+    kind: str  # "sysctl", "link" (MTU, queue, state), "addr", "route", "neigh" (a proxy entry), "qdisc"
+    #            (clsact) or "filter" (a tc filter that runs a BPF program)
+    spec: dict  # sysctl: key and old value; link: the old settings; addr, route: the arguments of add and del;
+    #             filter: device, hook, priority, handle and the name that tells it is ours
     extra: dict = field(default_factory=dict)  # what only adding needs (address flags)
     device: list | None = None  # [name, index] of the device it goes with (None: the namespace's own)
 
@@ -305,6 +311,49 @@ class InterfaceSetup:
         if self._forget("neigh", spec):
             self._delete(f"proxy neighbour {address}", "neigh", spec)
 
+    def add_bpf_filter(self, hook: int, prog_fd: int, name: str) -> dict:
+        """Run a BPF program (direct action) at tc's ingress or egress hook (TC_INGRESS, TC_EGRESS) of the
+        device, as a filter of the clsact qdisc, which is added if the device has none; returns the spec
+        remove_bpf_filter() takes.
+
+        The filter takes the first free priority of BPF_FILTER_PRIORITIES.
+        `name` (the program's name and kernel id) tells the filter from one
+        that later took its place, for a take-back after a kill: a filter
+        stays until it is removed, unlike a tcx link.
+        """
+        change = self._change("qdisc", dict(index=self.index, kind="clsact"))
+        self._make(change, self._add_clsact)
+        for prio in BPF_FILTER_PRIORITIES:
+            spec = dict(index=self.index, parent=hook, prio=prio, handle=BPF_FILTER_HANDLE, name=name)
+            try:
+                self._make(self._change("filter", spec), lambda: self._call(
+                    f"attaching {name}", "tc", "add-filter", "bpf", self.index, BPF_FILTER_HANDLE, parent=hook,
+                    prio=prio, fd=prog_fd, name=name, direct_action=True))
+                return spec
+            except NetlinkSetupError as exc:
+                if exc.errno != errno.EEXIST:
+                    raise
+        raise NetlinkSetupError(errno.EBUSY, f"attaching {name} on {self.ifname}: tc filter priorities "
+                                             f"{BPF_FILTER_PRIORITIES.start}-{BPF_FILTER_PRIORITIES.stop - 1} all taken")
+
+    def _add_clsact(self) -> bool:
+        """Add the clsact qdisc; False if the device has one already."""
+        try:
+            self.ipr.tc("add", "clsact", self.index)
+            return True
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                return False
+            raise NetlinkSetupError(exc.code, f"adding the clsact qdisc on {self.ifname}: {_reason(exc)}") from None
+
+    def remove_bpf_filter(self, spec: dict) -> None:
+        """Remove a filter that add_bpf_filter() added (and the clsact qdisc, if it added that and it is empty now)."""
+        if self._forget("filter", spec):
+            _remove_filter(self.ipr, spec)
+        clsact = dict(index=self.index, kind="clsact")
+        if self._forget("qdisc", clsact):
+            _remove_clsact(self.ipr, clsact)
+
     def restore(self) -> None:
         """Make again the recorded addresses and routes that are gone; what the kernel refuses is logged.
 
@@ -340,12 +389,36 @@ def _take_back_one(ipr: IPRoute, change: _Change) -> bool:
             write_sysctl(change.spec["key"], change.spec["old"])
         elif change.kind == "link":
             ipr.link("set", **change.spec)
+        elif change.kind == "filter":
+            return _remove_filter(ipr, change.spec)
+        elif change.kind == "qdisc":
+            return _remove_clsact(ipr, change.spec)
         else:
             getattr(ipr, change.kind)("del", **change.spec)
         return True
     except (OSError, NetlinkError) as exc:
         log.debug("undo %s %s: %s", change.kind, change.spec, exc)
         return False
+
+
+def _remove_filter(ipr: IPRoute, spec: dict) -> bool:
+    """Delete the filter if it is still ours (its name); False if it is gone, or another took its place."""
+    for entry in ipr.get_filters(index=spec["index"], parent=spec["parent"]):
+        options = entry.get_attr("TCA_OPTIONS")
+        if (entry["info"] >> 16 == spec["prio"] and entry["handle"] == spec["handle"] and options is not None
+                and options.get_attr("TCA_BPF_NAME") == spec["name"]):
+            ipr.tc("del-filter", "bpf", spec["index"], spec["handle"], parent=spec["parent"], prio=spec["prio"])
+            return True
+    return False
+
+
+def _remove_clsact(ipr: IPRoute, spec: dict) -> bool:
+    """Delete the clsact qdisc unless it holds filters (someone else's, added since); False if it stays."""
+    if any(entry["handle"] for hook in (TC_INGRESS, TC_EGRESS) for entry in ipr.get_filters(index=spec["index"],
+                                                                                              parent=hook)):
+        return False
+    ipr.tc("del", "clsact", spec["index"])
+    return True
 
 
 def take_back(records: list[dict]) -> tuple[int, int]:

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 RUN_DIR = Path("/run/sixbed4")
 FORMAT = 1
-KINDS = ("sysctl", "link", "addr", "route", "neigh")
+KINDS = ("sysctl", "link", "addr", "route", "neigh", "qdisc", "filter")
 SO_NETNS_COOKIE = 71  # Linux 5.14
 COMPACT_AFTER = 1000  # lines
 _SYSCTL_KEY = re.compile(r"net\.ipv6\.conf\.[^/\s]+\.[a-z0-9_]+")
@@ -96,9 +96,17 @@ def valid_change(change) -> bool:
     if device is not None and not (isinstance(device, list) and len(device) == 2 and isinstance(device[0], str)
                                    and isinstance(device[1], int)):
         return False
+    spec = change["spec"]
     if change["kind"] == "sysctl":
-        key, old = change["spec"].get("key"), change["spec"].get("old")
+        key, old = spec.get("key"), spec.get("old")
         return isinstance(key, str) and _SYSCTL_KEY.fullmatch(key) is not None and isinstance(old, str)
+    if change["kind"] == "qdisc":  # only the clsact qdisc, only on its device
+        return device is not None and spec.keys() == {"index", "kind"} and spec["kind"] == "clsact" \
+            and isinstance(spec["index"], int)
+    if change["kind"] == "filter":
+        return device is not None and spec.keys() == {"index", "parent", "prio", "handle", "name"} \
+            and spec["parent"] in (netlink.TC_INGRESS, netlink.TC_EGRESS) and isinstance(spec["name"], str) \
+            and all(isinstance(spec[key], int) for key in ("index", "prio", "handle"))
     return True
 
 

@@ -56,8 +56,9 @@ SIGNALS = {
     signal.SIGKILL: (None, "the kernel removes the TUN device the peer created, with its address and routes, and the "
                            "fast path's tcx links, and ends dnsmasq; the hook is not told, so offers it made stay "
                            "until the next start's del-offers; the rest (-d's device settings, the LAN's addresses, "
-                           "routes, proxy entry and forwarding) stays until the next start or 6bed4 take-back peer (the "
-                           "unit's ExecStopPost=) takes it back (see FILES: the undo record)"),
+                           "routes, proxy entry and forwarding, and before Linux 6.6 the fast path's tc filters) "
+                           "stays until the next start or 6bed4 take-back peer (the unit's ExecStopPost=) takes it "
+                           "back (see FILES: the undo record)"),
 }
 LIVE_SETTINGS = frozenset({"hook"})  # what a reload changes in a running peer
 
@@ -312,7 +313,8 @@ def run_peer(settings: PeerSettings, prog: str = "6bed4peer", reload: Reload | N
             watch.add(gateway.lan_setup.index, f"the LAN interface {settings.lan.interface}",
                       "the LAN is cut off until it is up again", gateway.restore)
         try:
-            fast = fastpath.start(settings.fast_path, lambda: fastpath.peer(config.router, local, tun.name), log)
+            fast = fastpath.start(settings.fast_path, lambda: fastpath.peer(config.router, local, tun.name,
+                                                                            setup.record), log)
         except fastpath.FastPathError as exc:
             return cliutil.fail(prog, f"--fast-path on: {exc}")
         if fast is not None:

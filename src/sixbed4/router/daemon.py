@@ -41,8 +41,9 @@ SIGNALS = {
     signal.SIGKILL: (None, "the kernel removes the TUN device the router created, with its addresses and routes "
                            "(the --anycast-table announcement too, which BIRD then withdraws), and the fast "
                            "path's tcx links, so a restart works at once; with -d the router's addresses, route and "
-                           "device settings stay until the next start or 6bed4 take-back router (the unit's ExecStopPost=) takes "
-                           "them back (see FILES: the undo record)"),
+                           "device settings stay, and before Linux 6.6 the fast path's tc filters, until the next "
+                           "start or 6bed4 take-back router (the unit's ExecStopPost=) takes them back (see FILES: "
+                           "the undo record)"),
 }
 
 
@@ -158,7 +159,7 @@ def run_router(settings: RouterSettings, prog: str = "6bed4router", reload: Relo
         core = RouterCore(config)
         try:
             fast = fastpath.start(settings.fast_path, lambda: fastpath.router(
-                config, settings.bind, tun.name, settings.uplink or watch.uplink, host_ipv4s), log)
+                config, settings.bind, tun.name, settings.uplink or watch.uplink, host_ipv4s, setup.record), log)
         except fastpath.FastPathError as exc:
             return cliutil.fail(prog, f"--fast-path on: {exc}")
         if fast is not None:
