@@ -174,8 +174,8 @@ class PacketMaker:
         return bytes(frame)
 
 
-# The two builds of the programs: for Linux 6.6+, and for 5.10-6.5 (COMPAT_5_10), which loads here too.
-KERNELS = ("6.6", "5.10")
+# The two builds of the programs: for Linux 6.6+, and for 5.14-6.5 (COMPAT_5_10), which loads here too.
+KERNELS = ("6.6", "5.14")
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ built, hooks that go with the process or are taken back after a kill, two
 routers on one host, and `--fast-path on/auto` where it cannot be used.
 
 Each runs twice: as on Linux 6.6+ (tcx links, the programs for 6.6) and as on
-5.10-6.5, Debian 12's 6.1 among them (clsact filters, the COMPAT_5_10 build).
+5.14-6.5, Debian 12's 6.1 among them (clsact filters, the COMPAT_5_10 build).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from tests.netlab import ROOT, Lab
 METRICS = "http://127.0.0.1:9642/metrics"
 
 
-@pytest.fixture(scope="module", autouse=True, params=["6.6", "5.10"], ids=["tcx", "clsact"])
+@pytest.fixture(scope="module", autouse=True, params=["6.6", "5.14"], ids=["tcx", "clsact"])
 def kernel(request):
     """The kernel the daemons started in these tests take this one for (KERNEL_OVERRIDE)."""
     with pytest.MonkeyPatch.context() as patch:

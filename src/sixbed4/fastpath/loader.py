@@ -7,7 +7,7 @@ them to the uplink's ingress and the TUN device's egress.
 
 From Linux 6.6 the hooks are tcx links, which live as long as this process
 holds their file descriptors: close() (or the process's end, even by SIGKILL)
-detaches them.  From 5.10 to 6.5 (Debian 12's 6.1) they are filters of tc's
+detaches them.  From 5.14 to 6.5 (Debian 12's 6.1) they are filters of tc's
 clsact qdisc, and the programs are built for those kernels (COMPAT_5_10 in
 common.bpf.h); a filter stays until it is removed, so each is written into the
 daemon's undo record before it is added, and a killed daemon's are taken back
@@ -33,8 +33,10 @@ from . import build, libbpf
 # tcx links; from here the programs also read skb->ip_summed (6.2) and decapsulate with
 # bpf_skb_adjust_room's flags (6.3)
 TCX_KERNEL = (6, 6)
-MIN_KERNEL = (5, 10)  # bpf_redirect_neigh; below TCX_KERNEL: clsact filters, the programs built with COMPAT_5_10
-# Tests set it (e.g. to 5.10) to run the path of an older kernel on a newer one.
+# below TCX_KERNEL: clsact filters, the programs built with COMPAT_5_10 (they need 5.10: bpf_redirect_neigh), and
+# the undo record the filters are written into, which needs 5.14 (SO_NETNS_COOKIE; Debian 11's 5.10 has none)
+MIN_KERNEL = (5, 14)
+# Tests set it (e.g. to 5.14) to run the path of an older kernel on a newer one.
 KERNEL_OVERRIDE = "SIXBED4_FASTPATH_KERNEL"
 
 _ZERO_KEY = bytes(4)
@@ -89,7 +91,7 @@ class TcxHooks:
 
 
 class ClsactHooks:
-    """Linux 5.10-6.5: filters of the clsact qdisc, in the daemon's undo record (they outlive a killed process)."""
+    """Linux 5.14-6.5: filters of the clsact qdisc, in the daemon's undo record (they outlive a killed process)."""
 
     def __init__(self, record: UndoRecord | None):
         self.record = record
