@@ -313,8 +313,8 @@ class InterfaceSetup:
 
     def add_bpf_filter(self, hook: int, prog_fd: int, name: str) -> dict:
         """Run a BPF program (direct action) at tc's ingress or egress hook (TC_INGRESS, TC_EGRESS) of the
-        device, as a filter of the clsact qdisc, which is added if the device has none; returns the spec
-        remove_bpf_filter() takes.
+        device, as a filter of the clsact qdisc, which is added if the device has none; returns its spec
+        (undo() removes both: the qdisc only if it holds no filter then).
 
         The filter takes the first free priority of BPF_FILTER_PRIORITIES.
         `name` (the program's name and kernel id) tells the filter from one
@@ -345,14 +345,6 @@ class InterfaceSetup:
             if exc.code == errno.EEXIST:
                 return False
             raise NetlinkSetupError(exc.code, f"adding the clsact qdisc on {self.ifname}: {_reason(exc)}") from None
-
-    def remove_bpf_filter(self, spec: dict) -> None:
-        """Remove a filter that add_bpf_filter() added (and the clsact qdisc, if it added that and it is empty now)."""
-        if self._forget("filter", spec):
-            _remove_filter(self.ipr, spec)
-        clsact = dict(index=self.index, kind="clsact")
-        if self._forget("qdisc", clsact):
-            _remove_clsact(self.ipr, clsact)
 
     def restore(self) -> None:
         """Make again the recorded addresses and routes that are gone; what the kernel refuses is logged.
